@@ -1,0 +1,84 @@
+"""`indextts-ray` command line: an explicit table of subcommands, each a thin wrapper over one library call.
+
+Exit codes: 0 ok, 2 usage or config/data error (one line, no traceback), 1 runtime failure.
+`--debug` shows tracebacks. Subcommand modules are imported only when used, so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from indextts_ray import __version__
+from indextts_ray.errors import UserError
+from indextts_ray.logging_utils import setup_logging
+
+# name -> (module with HELP, EXAMPLES, add_arguments(parser), run(args) -> int, one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("indextts_ray.commands.config_cmd", "show or check a resolved config (composition + overrides)"),
+}
+
+log = logging.getLogger("indextts_ray")
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="indextts-ray",
+        description="Train IndexTTS2 (UnifiedVoice v2) on Ray: data preparation, three training stages, export, eval.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="subcommands:\n" + "\n".join(f"  {n:<12} {s}" for n, (_, s) in COMMANDS.items())
+        + "\n\nRun `indextts-ray <subcommand> --help` for its options and examples.",
+    )
+    p.add_argument("--version", action="version", version=f"indextts-ray {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", action="store_true", help="debug-level logging")
+    g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="subcommand", help="see below")
+    p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return p
+
+
+def build_subparser(name: str) -> tuple[argparse.ArgumentParser, object]:
+    module = importlib.import_module(COMMANDS[name][0])
+    sub = argparse.ArgumentParser(
+        prog=f"indextts-ray {name}",
+        description=module.HELP,
+        epilog="examples:\n" + "\n".join(f"  {e}" for e in module.EXAMPLES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.add_arguments(sub)
+    return sub, module
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    ns = top.parse_args(argv)
+    if ns.command is None:
+        top.print_help()
+        return 2
+    setup_logging(verbose=ns.verbose, quiet=ns.quiet)
+    sub, module = build_subparser(ns.command)
+    args = sub.parse_args(ns.args)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as e:
+        if ns.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # runtime failure: one line unless --debug
+        if ns.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Thin CLI wrappers: parse arguments, call one library function, print its result."""

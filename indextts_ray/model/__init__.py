@@ -1,0 +1,1 @@
+"""UnifiedVoice v2 (IndexTTS2 GPT) and the training-only heads."""
