@@ -18,6 +18,16 @@ from indextts_ray.logging_utils import setup_logging
 # name -> (module with HELP, EXAMPLES, add_arguments(parser), run(args) -> int, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("indextts_ray.commands.config_cmd", "show or check a resolved config (composition + overrides)"),
+    "prepare": ("indextts_ray.commands.prepare_cmd", "manifest -> validated, paired, featurised Parquet shards (Ray Data)"),
+    "tokenizer": ("indextts_ray.commands.tokenizer_cmd", "train a BPE tokenizer, or extend one with a new language"),
+    "synth": ("indextts_ray.commands.synth_cmd", "write the deterministic synthetic speech corpus (demo, tests)"),
+    "speakers": ("indextts_ray.commands.speakers_cmd", "select top-k speakers, write speaker_mapping.json (Stage 2)"),
+    "segment": ("indextts_ray.commands.segment_cmd", "cut long recordings at silences into 3-15 s segments + manifests"),
+    "demo": ("indextts_ray.commands.demo_cmd", "the whole recipe on a synthetic corpus, tiny model, local Ray"),
+    "pipeline": ("indextts_ray.commands.pipeline_cmd", "run/submit/status of the step DAG (prepare ... export)"),
+    "train": ("indextts_ray.commands.train_cmd", "run one training stage on Ray Train (resumes when rerun)"),
+    "export": ("indextts_ray.commands.export_cmd", "checkpoint -> official gpt.pth + config.yaml (+ heads sidecars)"),
+    "normalize": ("indextts_ray.commands.normalize_cmd", "print the spoken form of a transcript (text normaliser)"),
 }
 
 log = logging.getLogger("indextts_ray")

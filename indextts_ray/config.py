@@ -24,9 +24,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from indextts_ray.data.config import DataConfig
 from indextts_ray.errors import ConfigError
 from indextts_ray.model.config import ModelConfig
+from indextts_ray.pipeline.config import PipelineConfig
 from indextts_ray.schema import StrictModel
+from indextts_ray.train.config import TrainConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -44,10 +47,13 @@ class Config(StrictModel):
 
     run: RunConfig = RunConfig()
     model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
 
 # A file under configs/<section>/ holds one section (e.g. configs/model/tiny.yaml is a ModelConfig).
-SECTION_SCHEMAS: dict[str, type[BaseModel]] = {"model": ModelConfig}
+SECTION_SCHEMAS: dict[str, type[BaseModel]] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
 
 
 def schema_for(path: str | os.PathLike) -> type[BaseModel]:

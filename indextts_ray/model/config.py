@@ -53,7 +53,9 @@ class ModelConfig(StrictModel):
     emo_condition_module: ConformerConfig = ConformerConfig(linear_units=1024, attention_heads=4, num_blocks=4)
     # Ours (not in the official gpt: section): feature width of the conditioning inputs
     # (1024 = w2v-BERT 2.0 hidden size), GPT dropout, activation checkpointing.
-    input_dim: int = Field(1024, gt=0)
+    # The official code hard-codes input_dim = emo_perceiver_dim = 1024; other values only suit tiny test models.
+    input_dim: int = Field(1024, ge=3)  # Conv2dSubsampling2 needs (input_dim - 1) // 2 >= 1
+    emo_perceiver_dim: int = Field(1024, gt=0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     checkpointing: bool = False
     emotion_labels: list[str] = Field(default_factory=lambda: list(EMOTION_LABELS))
@@ -61,12 +63,40 @@ class ModelConfig(StrictModel):
     speaker_classifier_hidden: int = Field(512, gt=0)
     speaker_classifier_dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
+    @property
+    def text_vocab_size(self) -> int:
+        """Rows of text_embedding / text_head (official: number_text_tokens * types + 1)."""
+        return self.number_text_tokens * self.types + 1
+
+    @property
+    def conditioning_positions(self) -> int:
+        """GPT prefix length: condition_num_latent latents + 2 speed rows (official: 34)."""
+        return self.condition_num_latent + 2
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
         if self.model_dim % self.heads:
             raise ValueError(f"model_dim {self.model_dim} is not divisible by heads {self.heads}")
         if not (self.start_mel_token < self.number_mel_codes and self.stop_mel_token < self.number_mel_codes):
             raise ValueError("start_mel_token/stop_mel_token must be < number_mel_codes")
-        if len(set(self.emotion_labels)) != len(self.emotion_labels):
-            raise ValueError("emotion_labels has duplicates")
+        if len(set(self.emotion_labels)) != len(self.emotion_labels) or not self.emotion_labels:
+            raise ValueError("emotion_labels must be a non-empty list without duplicates")
+        if not self.use_mel_codes_as_input or self.train_solo_embeddings:
+            raise ValueError("IndexTTS2 uses use_mel_codes_as_input=true and train_solo_embeddings=false (others unsupported)")
         return self
+
+
+class LossWeights(StrictModel):
+    """Weights of the training losses (`TrainingModel.forward`); a weight of 0 keeps that loss out of the graph.
+
+    Defaults: mel 1.0 with text 0.01 (the Tortoise/DLAS UnifiedVoice recipe IndexTTS descends from; community
+    IndexTTS2 fine-tuners use mel only = text 0.0), speaker 0.1 (the GRL adversary of Stage 2; inactive when
+    the batch has no `speaker_ids` or the model has no speaker classifier), emotion classifier and emotion-label
+    table off unless the stage config turns them on.
+    """
+
+    text: float = Field(0.01, ge=0.0)
+    mel: float = Field(1.0, ge=0.0)
+    speaker: float = Field(0.1, ge=0.0)
+    emotion: float = Field(0.0, ge=0.0)
+    emotion_table: float = Field(0.0, ge=0.0)

@@ -1,0 +1,1 @@
+"""Data: manifests, validation, Parquet shards, features, tokenizer, speakers, pairing, segmentation, synthetic corpus."""

@@ -1,0 +1,285 @@
+"""`prepare_dataset`: manifest -> validated, paired, featurised Parquet shards (the `indextts-ray prepare` step).
+
+    manifest --scan_manifest (driver, streaming)--> accepted metadata + rejected rows
+             --tokenizer (given, or trained on the normalised text)--> text_ids   (text_too_long rejected)
+             --pair_table--> prompt candidates                              (single speakers rejected)
+             --plan_shards--> train/val shards, fixed before any audio is read
+             --builtin only: fit the k-means codebook on a sample of the corpus
+             --Ray Data: one ShardWorker task per unfinished shard--> <out>/{train,val}/shard-NNNNN.parquet
+             --> rejected.parquet, stats.json, dataset.json (written last: its presence = complete)
+
+Resume: `plan.json` holds the run's fingerprint (config, manifest and tokenizer hashes, schema version). A
+rerun with the same fingerprint skips every shard whose receipt matches; another fingerprint is refused
+unless `restart=True`, which deletes this step's outputs first. Audio files are not hashed: if they change,
+rerun with `restart=True`.
+
+Invariant, checked and printed: rows in = rows written + rows rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from indextts_ray.config import Config
+from indextts_ray.data.audio import load_checked
+from indextts_ray.data.features.base import FRAME_RATE
+from indextts_ray.data.features.builtin import codebook_path, fit_codebook
+from indextts_ray.data.manifest import Rejection
+from indextts_ray.data.metadata import MetadataScan, resolve_inputs, scan_manifest, tokenize_table
+from indextts_ray.data.pairing import stable_hash
+from indextts_ray.data.plan import ShardPlan, pair_table, plan_shards
+from indextts_ray.data.schema import REJECTED_SCHEMA, SCHEMA_VERSION
+from indextts_ray.data.shards import ShardContext, ShardWorker
+from indextts_ray.data.stats import build_stats
+from indextts_ray.data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from indextts_ray.errors import DataError
+from indextts_ray.io_utils import atomic_write, atomic_write_json, sha256_file
+
+log = logging.getLogger(__name__)
+
+# what `restart` may delete: only this step's own outputs
+OUTPUTS = ("train", "val", "receipts", "features", "bpe.model", "plan.json", "rejected.parquet", "stats.json",
+           "dataset.json")
+# keys that do not change the result (resources, where it goes)
+_NOT_FINGERPRINTED = {"workers", "cpus_per_worker", "gpus_per_worker", "output_dir"}
+
+
+@dataclass
+class PrepareResult:
+    out_dir: Path
+    stats: dict
+    shards_written: int
+    shards_skipped: int
+
+
+def prepare_dataset(cfg: Config, restart: bool | Literal["if_changed"] = False) -> PrepareResult:
+    """Run the whole data step for `cfg.data` with `cfg.model`'s limits; see the module docstring.
+
+    Args:
+        cfg: the resolved config (`data` section + `model` for emotion labels, text/code limits, feature dim).
+        restart: delete this step's outputs in `data.output_dir` first (needed when the fingerprint changed);
+            "if_changed" does so only when the fingerprint changed, else resumes (what the pipeline uses).
+    """
+    data, model = cfg.data, cfg.model
+    max_text = _max_text_tokens(cfg)
+    if data.features.kind == "builtin":
+        _check_builtin_sizes(cfg)
+    manifest, _ = resolve_inputs(data)
+    out = Path(data.output_dir).absolute()
+    fp = _fingerprint(cfg, manifest)
+    _claim_output_dir(out, fp, restart)
+
+    scan = scan_manifest(data, model.emotion_labels)
+    log.info("metadata: %d rows in, %d accepted, %d rejected", scan.rows_in, scan.table.num_rows, len(scan.rejected))
+    tok = _tokenizer(cfg, scan, out)
+    tokenize_table(scan, tok, max_text)
+    pairing = pair_table(scan, data)
+    if data.features.kind == "builtin":
+        if pc.any(pc.is_valid(scan.table.column("codes_path"))).as_py():
+            raise DataError("the manifest has precomputed codes_path (MaskGCT codes) but data.features.kind is "
+                            "builtin, whose codes differ; use features.kind w2vbert-maskgct")
+        feat_dim = data.features.n_mels
+        _ensure_codebook(scan, cfg, out / "features")
+    else:
+        feat_dim = model.input_dim
+    plans = plan_shards(scan.table, data, feat_dim)
+
+    ctx = ShardContext(data=data, out_dir=str(out), feature_dir=str(out / "features"), fingerprint=fp,
+                       max_mel_tokens=model.max_mel_tokens, expected_dim=model.input_dim,
+                       max_codes=model.start_mel_token)
+    receipts, pending = _finished_receipts(plans, out, fp)
+    log.info("shards: %d planned, %d already done, %d to write", len(plans), len(receipts), len(pending))
+    receipts += _run_shards(pending, ctx)
+    receipts.sort(key=lambda r: (r["split"], r["index"]))
+
+    rejected = scan.rejected + [row for r in receipts for row in r["rejected"]]
+    rejected.sort(key=lambda r: (r["source"], r["line"]))
+    stats = build_stats(scan, pairing, receipts, rejected)
+    stats["tokenizer"] = {"path": str(tok.path), "vocab_size": tok.vocab_size}
+    atomic_write(out / "rejected.parquet",
+                 lambda tmp: pq.write_table(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA), tmp,
+                                            compression="zstd"))
+    atomic_write_json(out / "stats.json", stats)
+    atomic_write_json(out / "dataset.json", _dataset_json(cfg, out, tok, receipts, stats, fp))
+    print(f"prepare: {stats['invariant']} ✓  ({stats['hours']['total']:.2f} h written to {out})")
+    for reason, n in stats["rejected_by_reason"].items():
+        print(f"  rejected {reason}: {n}")
+    return PrepareResult(out, stats, shards_written=len(pending), shards_skipped=len(plans) - len(pending))
+
+
+def _max_text_tokens(cfg: Config) -> int:
+    limit = cfg.data.max_text_tokens or cfg.model.max_text_tokens
+    if limit > cfg.model.max_text_tokens:
+        raise DataError(f"data.max_text_tokens {limit} > model.max_text_tokens {cfg.model.max_text_tokens}; "
+                        "the model cannot take longer texts")
+    return limit
+
+
+def _check_builtin_sizes(cfg: Config) -> None:
+    f, m = cfg.data.features, cfg.model
+    if f.n_mels != m.input_dim:
+        raise DataError(f"data.features.n_mels {f.n_mels} must equal model.input_dim {m.input_dim} "
+                        "(builtin features are the model's conditioning input)")
+    if f.codebook_size > m.start_mel_token:
+        raise DataError(f"data.features.codebook_size {f.codebook_size} > model.start_mel_token "
+                        f"{m.start_mel_token}; codes must stay below the start/stop mel tokens")
+
+
+def _fingerprint(cfg: Config, manifest: Path) -> str:
+    data = cfg.data.model_dump(mode="json", exclude=_NOT_FINGERPRINTED)
+    model = {k: getattr(cfg.model, k) for k in ("emotion_labels", "max_text_tokens", "max_mel_tokens",
+                                                "input_dim", "start_mel_token", "number_text_tokens")}
+    tokenizer = sha256_file(cfg.data.tokenizer) if cfg.data.tokenizer else "trained"
+    blob = json.dumps({"data": data, "model": model, "manifest": sha256_file(manifest), "tokenizer": tokenizer,
+                       "schema_version": SCHEMA_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _claim_output_dir(out: Path, fp: str, restart: bool | str) -> None:
+    plan_file = out / "plan.json"
+    if restart == "if_changed":
+        restart = plan_file.is_file() and json.loads(plan_file.read_text()).get("fingerprint") != fp
+    if restart:
+        for name in OUTPUTS:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    elif plan_file.is_file():
+        old = json.loads(plan_file.read_text()).get("fingerprint")
+        if old != fp:
+            raise DataError(f"{out} was prepared from another config/manifest/tokenizer (fingerprint {old[:12]}"
+                            f" != {fp[:12]}); use another data.output_dir or rerun with --restart")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dataset.json").unlink(missing_ok=True)  # its presence means "complete"; rewritten at the end
+    for stale in [*out.glob("*/.*.tmp"), *out.glob(".*.tmp")]:  # left by a killed run, never visible shards
+        stale.unlink()
+    atomic_write_json(plan_file, {"fingerprint": fp, "schema_version": SCHEMA_VERSION})
+
+
+def _tokenizer(cfg: Config, scan: MetadataScan, out: Path) -> Tokenizer:
+    data = cfg.data
+    if data.tokenizer:
+        tok = load_tokenizer(data.tokenizer)
+    else:
+        path = out / "bpe.model"
+        if not path.is_file():  # same fingerprint = same texts = the same model, so a rerun reuses it
+            texts = scan.table.column("text_norm").to_pylist()
+            log.info("training a %d-piece BPE tokenizer on %d texts -> %s", data.tokenizer_vocab_size, len(texts), path)
+            train_tokenizer(texts, out / "bpe", data.tokenizer_vocab_size, character_coverage=1.0)
+        tok = load_tokenizer(path)
+    if tok.vocab_size > cfg.model.number_text_tokens:
+        raise DataError(f"tokenizer {tok.path} has {tok.vocab_size} pieces > model.number_text_tokens "
+                        f"{cfg.model.number_text_tokens}; use a smaller vocabulary or a bigger model")
+    return tok
+
+
+def _ensure_codebook(scan: MetadataScan, cfg: Config, feature_dir: Path) -> None:
+    """Fit the builtin k-means codebook on a deterministic sample of the accepted rows (once)."""
+    fcfg = cfg.data.features
+    if codebook_path(feature_dir).is_file():
+        return
+    t = scan.table
+    ids = t.column("id").to_pylist()
+    order = np.argsort(np.array([stable_hash(i, f"kmeans{fcfg.kmeans_seed}") for i in ids], dtype=np.uint64))
+    paths, durations = t.column("audio_path").to_pylist(), t.column("duration").to_numpy()
+    counts = {"used": 0, "rejected": 0}
+
+    def wavs():
+        for i in order:
+            got = load_checked(paths[i], cfg.data, durations[i])
+            if isinstance(got, Rejection):
+                counts["rejected"] += 1  # the shard worker rejects and reports this row
+                continue
+            counts["used"] += 1
+            yield got.wav16k
+
+    fit_codebook(fcfg, wavs(), feature_dir)
+    log.info("builtin codebook: %d codes fitted on %d files (%d skipped: rejected audio)",
+             fcfg.codebook_size, counts["used"], counts["rejected"])
+
+
+def _finished_receipts(plans: list[ShardPlan], out: Path, fp: str) -> tuple[list[dict], list[tuple]]:
+    """Receipts of shards already complete for this plan, and (plan, key) pairs still to write."""
+    done, pending = [], []
+    for plan in plans:
+        key = plan.key(fp)
+        receipt_path = out / plan.receipt_name
+        if receipt_path.is_file():
+            receipt = json.loads(receipt_path.read_text())
+            shard = out / receipt["file"] if receipt.get("file") else None
+            if receipt.get("key") == key and (shard is None or (shard.is_file()
+                                                                and shard.stat().st_size == receipt["bytes"])):
+                done.append(receipt)
+                continue
+        pending.append((plan, key))
+    return done, pending
+
+
+def _run_shards(pending: list[tuple], ctx: ShardContext) -> list[dict]:
+    """Write the pending shards with Ray Data (one item per shard, one extractor per worker), or in this
+    process when `data.workers` is 0."""
+    if not pending:
+        return []
+    if ctx.data.workers == 0:
+        worker = ShardWorker(ctx)
+        receipts = []
+        for plan, key in pending:
+            receipts.append(json.loads(worker({"split": plan.split, "index": plan.index, "key": key,
+                                               "rows": plan.ipc_bytes()})["receipt"]))
+            _log_shard(receipts[-1], len(receipts), len(pending))
+        return receipts
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=True)
+    items = [{"split": p.split, "index": p.index, "key": key, "rows": p.ipc_bytes()} for p, key in pending]
+    data = ctx.data
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map(ShardWorker, fn_constructor_kwargs={"ctx": ctx},
+                compute=ray.data.ActorPoolStrategy(size=min(data.workers, len(items))),
+                num_cpus=data.cpus_per_worker, num_gpus=data.gpus_per_worker or None)
+    receipts = []
+    for row in ds.iter_rows():
+        receipt = json.loads(row["receipt"])
+        receipts.append(receipt)
+        _log_shard(receipt, len(receipts), len(items))
+    return receipts
+
+
+def _log_shard(receipt: dict, done: int, total: int) -> None:
+    log.info("shard %s/%05d: %d rows, %d rejected [%d/%d]", receipt["split"], receipt["index"], receipt["rows"],
+             len(receipt["rejected"]), done, total)
+
+
+def _dataset_json(cfg: Config, out: Path, tok: Tokenizer, receipts: list[dict], stats: dict, fp: str) -> dict:
+    try:
+        tok_path = tok.path.absolute().relative_to(out).as_posix()  # relative = moves with the folder
+    except ValueError:
+        tok_path = str(tok.path.absolute())
+    ext = next((r["extractor"] for r in receipts if r.get("extractor")), None)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "fingerprint": fp,
+        "features": {"kind": cfg.data.features.kind, "dim": ext["dim"] if ext else None,
+                     "codebook_size": ext["codebook_size"] if ext else None, "frame_rate": FRAME_RATE},
+        "tokenizer": {"path": tok_path, "sha256": tok.sha256, "vocab_size": tok.vocab_size, "unk_id": tok.unk_id},
+        "emotion_labels": list(cfg.model.emotion_labels),
+        "counts": {"rows_in": stats["rows_in"], **{k: v for k, v in stats["rows_written"].items()},
+                   "rejected": stats["rows_rejected"]},
+        "hours": stats["hours"],
+        "shards": {split: [{"file": r["file"], "rows": r["rows"], "bytes": r["bytes"], "sha256": r["sha256"]}
+                           for r in receipts if r["split"] == split and r["file"]] for split in ("train", "val")},
+    }

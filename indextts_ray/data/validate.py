@@ -1,0 +1,198 @@
+"""Row validation: every rejection is a stable short code (`REASONS`) plus a human detail.
+
+Metadata checks (`check_fields`, `check_text`) run before any audio is read; `check_audio` runs on decoded
+samples in the shard workers. Fixable problems are fixed and counted, never silently: another sample rate is
+resampled (`resampled`), more than one channel is downmixed (`downmixed`), a missing language is detected
+from the script (`language_detected`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indextts_ray.data.manifest import OPTIONAL, PRECOMPUTED_USED, REQUIRED, RawRow, Rejection, resolve_path
+
+REASONS: dict[str, str] = {
+    # line level
+    "bad_utf8": "the line is not valid UTF-8",
+    "not_json": "the line is not a JSON object",
+    "bad_list_line": "the MeloTTS line does not have 4 or 5 '|'-separated fields",
+    # fields
+    "missing_field": "a required field is missing or empty",
+    "bad_field": "a field has the wrong type",
+    "duplicate_id": "the id was already used by an earlier row (the first one is kept)",
+    "bad_duration": "duration is not a finite, non-negative number",
+    "unknown_emotion": "emotion is not one of model.emotion_labels",
+    "path_outside_root": "an audio/codes path escapes the dataset root",
+    # text
+    "empty_text": "text is empty",
+    "control_chars": "text contains control characters",
+    "no_speakable_text": "text has no letters or digits (punctuation only) after normalisation",
+    "text_too_long": "more text tokens than max_text_tokens",
+    # audio
+    "missing_audio": "the audio file does not exist",
+    "unreadable_audio": "the audio file cannot be opened (permissions)",
+    "corrupt_audio": "the audio file cannot be decoded",
+    "empty_audio": "the audio has zero samples",
+    "low_sample_rate": "the audio's sample rate is below min_sample_rate",
+    "too_short": "duration below min_duration",
+    "too_long": "duration above max_duration",
+    "duration_mismatch": "declared duration differs from the decoded audio by more than duration_tolerance",
+    "silent": "the audio's RMS level is below silence_dbfs",
+    "clipped": "more than max_clip_fraction of the samples are at full scale",
+    "bad_codes": "precomputed codes are missing, unreadable, out of range or of the wrong length",
+    "too_many_codes": "more target codes than the model's max_mel_tokens",
+    # pairing
+    "single_utterance_speaker": "the speaker has no other utterance to use as a prompt",
+    "no_same_emotion_prompt": "the speaker has no other utterance with the same emotion (prompt.same_emotion=require)",
+    "no_valid_prompt": "every prompt candidate's audio was rejected",
+    "bad_prompt_audio": "the row's prompt_audio_path/emotion_audio_path audio is unusable",
+}
+
+
+@dataclass
+class Record:
+    """A row whose fields passed the metadata checks; paths are absolute and inside the dataset root."""
+
+    source: str
+    line: int
+    id: str
+    audio_path: str
+    text: str
+    speaker: str
+    language: str
+    duration: float | None  # declared; None = read from the audio header
+    emotion: str | None = None
+    emotion_id: int = -1
+    prompt_audio_path: str | None = None
+    emotion_audio_path: str | None = None
+    codes_path: str | None = None
+
+
+_KNOWN = frozenset(REQUIRED + OPTIONAL + PRECOMPUTED_USED)
+_STRINGS = ("audio_path", "text", "language", "emotion", "prompt_audio_path", "emotion_audio_path", "codes_path")
+
+
+class RowContext:
+    """What field checks need: manifest folder, dataset root, emotion labels, the format, counters."""
+
+    def __init__(self, manifest_dir: Path, root: Path, emotion_labels: list[str], fmt: str):
+        self.manifest_dir = str(manifest_dir)
+        self.root = str(root)
+        self.emotion_index = {label: i for i, label in enumerate(emotion_labels)}
+        self.fmt = fmt
+        self.ignored_fields: dict[str, int] = {}
+
+
+def check_fields(row: RawRow, ctx: RowContext) -> Record | Rejection:
+    """Types, required fields, duration, emotion and paths of one parsed row.
+
+    `language` is returned as given ("" when missing); text normalisation resolves or detects it.
+    """
+    if row.error is not None:
+        return row.error
+    f = row.fields or {}
+    required = REQUIRED + (PRECOMPUTED_USED if ctx.fmt == "indextts_precomputed" else ())
+    for key in required:
+        value = f.get(key)
+        if value is None or (isinstance(value, str) and not value.strip() and key != "text"):
+            return Rejection("missing_field", f"field {key!r} is missing")
+    extra = f.keys() - _KNOWN
+    for key in extra:
+        ctx.ignored_fields[key] = ctx.ignored_fields.get(key, 0) + 1
+    # ids and speakers are often numbers in the wild: accept ints, nothing else
+    for key in ("id", "speaker"):
+        if type(f[key]) not in (str, int):
+            return Rejection("bad_field", f"{key} must be a string, got {type(f[key]).__name__}")
+    for key in _STRINGS:
+        value = f.get(key)
+        if value is not None and type(value) is not str:
+            return Rejection("bad_field", f"{key} must be a string, got {type(value).__name__}")
+
+    duration = f.get("duration")
+    if duration is not None:
+        if isinstance(duration, bool) or not isinstance(duration, int | float):
+            return Rejection("bad_duration", f"duration {duration!r} is not a number")
+        if not math.isfinite(duration) or duration < 0:
+            return Rejection("bad_duration", f"duration {duration!r} is not finite and >= 0")
+        duration = float(duration)
+
+    emotion, emotion_id = f.get("emotion"), -1
+    if emotion is not None and emotion.strip():
+        emotion = emotion.strip().lower()
+        if emotion not in ctx.emotion_index:
+            return Rejection("unknown_emotion", f"emotion {emotion!r} not in {sorted(ctx.emotion_index)}")
+        emotion_id = ctx.emotion_index[emotion]
+    else:
+        emotion = None
+
+    paths: dict[str, str | None] = {}
+    for key in ("audio_path", "prompt_audio_path", "emotion_audio_path", "codes_path"):
+        value = f.get(key)
+        if value is None or not value.strip():
+            paths[key] = None
+            continue
+        resolved = resolve_path(value.strip(), ctx.manifest_dir, ctx.root)
+        if resolved is None:
+            return Rejection("path_outside_root", f"{key} {value!r} is outside the dataset root {ctx.root}")
+        paths[key] = resolved
+
+    return Record(
+        source=row.source, line=row.line, id=str(f["id"]), audio_path=paths["audio_path"], text=f["text"],
+        speaker=str(f["speaker"]).strip(), language=(f.get("language") or "").strip(), duration=duration,
+        emotion=emotion, emotion_id=emotion_id, prompt_audio_path=paths["prompt_audio_path"],
+        emotion_audio_path=paths["emotion_audio_path"], codes_path=paths["codes_path"],
+    )
+
+
+# Tab/newline inside a text are harmless whitespace; other C0/C1 controls, lone surrogates and private-use
+# characters are not (format characters such as zero-width joiners are left to the normaliser's cleanup).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ue000-\uf8ff\U000f0000-\U0010ffff]")
+
+
+def check_raw_text(text: str) -> Rejection | None:
+    """Checks on the text as given (before normalisation)."""
+    if not text.strip():
+        return Rejection("empty_text", "text is empty or whitespace")
+    bad = _CONTROL.search(text)
+    if bad:
+        return Rejection("control_chars", f"control character U+{ord(bad.group()):04X} at position {bad.start()}")
+    return None
+
+
+def check_normalised_text(text_norm: str) -> Rejection | None:
+    """A normalised text must still contain something to say."""
+    if not any(unicodedata.category(ch)[0] in "LN" for ch in text_norm):
+        return Rejection("no_speakable_text", f"no letters or digits in {text_norm[:40]!r}")
+    return None
+
+
+def check_duration(duration: float, min_s: float, max_s: float) -> Rejection | None:
+    if duration < min_s:
+        return Rejection("too_short", f"{duration:.2f} s < min_duration {min_s} s")
+    if duration > max_s:
+        return Rejection("too_long", f"{duration:.2f} s > max_duration {max_s} s")
+    return None
+
+
+def check_audio(wav: np.ndarray, sr: int, silence_dbfs: float, clip_level: float,
+                max_clip_fraction: float) -> Rejection | None:
+    """Level checks on mono float samples in [-1, 1] (before resampling, so clipping is seen as recorded)."""
+    if wav.size == 0:
+        return Rejection("empty_audio", "zero samples")
+    if not np.isfinite(wav).all():
+        return Rejection("corrupt_audio", "samples are NaN or infinite")
+    rms = float(np.sqrt(np.mean(np.square(wav, dtype=np.float64))))
+    dbfs = 20.0 * math.log10(rms) if rms > 0 else -math.inf
+    if dbfs < silence_dbfs:
+        return Rejection("silent", f"RMS {dbfs:.1f} dBFS < silence_dbfs {silence_dbfs}")
+    clipped = float(np.mean(np.abs(wav) >= clip_level))
+    if clipped > max_clip_fraction:
+        return Rejection("clipped", f"{clipped:.2%} of samples at |x| >= {clip_level}")
+    return None

@@ -1,0 +1,1 @@
+"""The recipe as a resumable DAG of steps, run in-process or as chained Ray Jobs."""

@@ -1,0 +1,44 @@
+"""`pipeline:` section: which steps run, where their outputs go, and each stage's config."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from indextts_ray.schema import StrictModel
+
+
+class SynthStep(StrictModel):
+    """Generate the synthetic corpus and use it as `data.manifest` (demo and tests; no downloads)."""
+
+    enabled: bool = False
+    speakers: int = Field(6, ge=2)
+    utts_per_speaker: int = Field(24, ge=2)
+    languages: list[str] = Field(default_factory=lambda: ["ko", "en"])
+    seed: int = 0
+
+
+class SpeakersStep(StrictModel):
+    top_k: int = Field(500, ge=1)
+    min_samples: int = Field(50, ge=1)
+
+
+class StageStep(StrictModel):
+    """A stage = its config file + overrides; the pipeline fills data_dir, init_checkpoint, mapping, run dir."""
+
+    config: str
+    overrides: list[str] = Field(default_factory=list)
+
+
+class EvalStep(StrictModel):
+    enabled: bool = True
+    max_items: int = Field(400, ge=10, description="held-out clips used for the probes")
+
+
+class PipelineConfig(StrictModel):
+    work_dir: str = "pipeline_out"
+    synth: SynthStep = SynthStep()
+    speakers: SpeakersStep = SpeakersStep()
+    stage1: StageStep = StageStep(config="configs/stage1.yaml")
+    stage2: StageStep = StageStep(config="configs/stage2.yaml")
+    stage3: StageStep = StageStep(config="configs/stage3.yaml")
+    eval: EvalStep = EvalStep()

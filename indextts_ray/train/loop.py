@@ -1,0 +1,364 @@
+"""The one training loop for all stages, run on every Ray Train worker.
+
+Reads top to bottom: config -> model (init / freeze) -> optimizer, schedule, AMP -> restore -> data plan ->
+for each step: micro-batches (no_sync on all but the last) -> clip -> step -> log -> eval -> checkpoint.
+Stages differ only in `cfg.train` (frozen modules, lr, loss weights, init checkpoint, data subset).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from indextts_ray.config import Config
+from indextts_ray.data.bucketing import BucketingSettings, RankSchedule, padding_fraction, plan_epoch
+from indextts_ray.data.speakers import load_speaker_mapping
+from indextts_ray.io_utils import atomic_write_json
+from indextts_ray.model.checkpoint_io import export_checkpoint, load_init_checkpoint
+from indextts_ray.model.flops import flops_per_token, gpt_seq_len
+from indextts_ray.model.training import TrainingModel
+from indextts_ray.train.collate import batch_ids, collate
+from indextts_ray.train.prefetch import Prefetcher
+from indextts_ray.train.shards import RowReader, ShardIndex, list_shards
+from indextts_ray.train.state import Progress, load_state, save_state, step_seed
+from indextts_ray.train.tracking import Tracker, device_peak_tflops
+
+log = logging.getLogger("indextts_ray.train")
+
+METRIC_KEYS = ("loss", "text_loss", "mel_loss", "mel_top1", "mel_top5", "speaker_loss", "speaker_acc",
+               "emotion_loss", "emotion_acc", "emotion_table_loss")
+# training head -> the loss weight that uses it
+HEAD_LOSSES = {"speaker_classifier": "speaker", "emotion_classifier": "emotion", "emotion_table": "emotion_table"}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg = Config.model_validate(config)
+    tc = cfg.train
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+    # ---- model: same init on every rank, then the stage's starting weights and frozen modules
+    speaker_to_id = load_speaker_mapping(tc.speaker_mapping).mapping if tc.speaker_mapping else None
+    torch.manual_seed(cfg.run.seed)
+    model = TrainingModel(cfg.model, n_speakers=len(speaker_to_id or {}))
+    resume = ray.train.get_checkpoint()
+    if resume is None and tc.init_checkpoint:
+        load_init_checkpoint(model, tc.init_checkpoint)
+    params = freeze_modules(model, tc)
+    if rank == 0:
+        report_parameters(params, run_dir)
+    model.to(device)
+
+    # ---- optimizer, schedule, mixed precision
+    optimizer = make_optimizer(model, tc)
+    amp_dtype = resolve_amp(tc.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    progress = Progress(grl_lambda=tc.grl_lambda, speaker_weight=tc.loss.speaker)
+
+    # ---- data: the epoch plan over the whole train split (same on every rank)
+    data_dir = Path(tc.data_dir)
+    index = ShardIndex(list_shards(data_dir / "train"), keep_speakers=set(speaker_to_id) if tc.only_mapped_speakers else None)
+    reader = RowReader(index)
+    bucketing = BucketingSettings(tc.batch.max_tokens, tc.batch.max_batch_size, tc.batch.shuffle_window)
+    global_micro = tc.scaling.max_workers * tc.batch.grad_accum  # micro-batches per optimizer step, all ranks
+    grad_accum = accumulation_for(global_micro, world_size)
+    steps_per_epoch = len(plan_epoch(index.lengths, bucketing, cfg.run.seed, 0)) // global_micro
+    progress.total_steps = min(tc.max_steps or math.inf, steps_per_epoch * tc.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc, progress.total_steps))
+
+    if resume is not None:
+        with resume.as_directory() as d:
+            progress, _ = load_state(Path(d), model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+        if rank == 0:
+            log.info("resumed from step %d (epoch %d, position %d)", progress.step, progress.epoch, progress.position)
+            if progress.world_size != world_size:
+                log_resize(run_dir, progress, world_size, grad_accum)
+    progress.world_size, progress.grad_accum = world_size, grad_accum
+    attempt = [progress.step, world_size]  # identifies this worker group's run in audits (restarts redo steps)
+    model.set_grl_lambda(progress.grl_lambda)
+
+    ddp_model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True}) \
+        if world_size > 1 else model
+    tracker = Tracker(rank, run_dir, cfg.run.name, cfg.model_dump(mode="json"), tc.logging)
+    (run_dir / "workers").mkdir(parents=True, exist_ok=True)
+    (run_dir / "workers" / f"rank{rank}.pid").write_text(str(os.getpid()))
+    audit = open(run_dir / "samples" / f"rank{rank}.jsonl", "a") if _mkdir(run_dir / "samples", tc.logging.sample_ids) \
+        else None  # noqa: SIM115
+    if rank == 0:
+        log.info("train rows %d (filtered %d), %d steps/epoch x %d epochs -> %d steps; trainable %s",
+                 len(index), index.n_filtered, steps_per_epoch, tc.epochs, progress.total_steps, f"{params['trainable']:,}")
+    peak = device_peak_tflops(device, tc.logging.peak_tflops)
+    last_ckpt = time.monotonic()
+
+    # ---- the loop
+    while progress.step < progress.total_steps and progress.epoch < tc.epochs:
+        plan = plan_epoch(index.lengths, bucketing, cfg.run.seed, progress.epoch)
+        schedule = RankSchedule(len(plan), world_size, rank, grad_accum, progress.position)
+        steps_here = min(schedule.steps_left, progress.total_steps - progress.step)
+
+        def micro_batches(i: int, plan=plan, schedule=schedule):
+            rows = [plan[j] for j in schedule.micro_batches(i)]
+            tables = [reader.read(r) for r in rows]
+            return [(collate(t, speaker_to_id), batch_ids(t), padding_fraction([r], index.lengths)) for t, r in zip(tables, rows)]
+
+        prefetch = Prefetcher(micro_batches, steps_here)
+        window = _Window()
+        for i in range(steps_here):
+            t0 = time.perf_counter()
+            batches = prefetch.get(i)
+            t_data = time.perf_counter() - t0
+            lr = scheduler.get_last_lr()[0]
+            ddp_model.train()
+            sums: dict[str, float] = {}
+            step_flops = 0.0
+            for k, (batch, _ids, pad) in enumerate(batches):
+                torch.manual_seed(step_seed(cfg.run.seed, progress.step, k, rank))
+                batch = {n: v.to(device, non_blocking=True) for n, v in batch.items()}
+                last = k == len(batches) - 1
+                sync = contextlib.nullcontext() if last or world_size == 1 else ddp_model.no_sync()
+                with sync, torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    out = ddp_model(batch, tc.loss)
+                    scaler.scale(out["loss"] / len(batches)).backward()
+                if audit is not None:
+                    audit.write(json.dumps({"attempt": attempt, "epoch": progress.epoch, "step": progress.step,
+                                            "rank": rank, "micro": k, "ids": _ids}) + "\n")
+                for key in METRIC_KEYS:
+                    sums[key] = sums.get(key, 0.0) + float(out[key]) / len(batches)
+                tokens = float(out["n_mel_tokens"] + out["n_text_tokens"])
+                sums["tokens"] = sums.get("tokens", 0.0) + tokens
+                seq = gpt_seq_len(cfg.model, batch["text_ids"].shape[1], batch["codes"].shape[1])
+                step_flops += tokens * flops_per_token(cfg.model, seq)
+                sums["padding"] = sums.get("padding", 0.0) + pad / len(batches)
+            scaler.unscale_(optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            progress.step += 1
+            progress.position += world_size * grad_accum
+            step_tokens, step_flops = _all_sum([sums.pop("tokens"), step_flops], device, world_size)
+            progress.tokens_seen += int(step_tokens)
+            window.add(time.perf_counter() - t0, t_data, step_tokens, step_flops)
+
+            if progress.step % tc.logging.every_steps == 0 or i == steps_here - 1:
+                metrics = {**sums, "step": progress.step, "epoch": progress.epoch, "time": time.time(), "lr": lr,
+                           "grad_norm": grad_norm, "world_size": world_size, "grad_accum": grad_accum,
+                           "grl_lambda": progress.grl_lambda, "speaker_weight": progress.speaker_weight,
+                           **window.rates(peak, world_size)}
+                tracker.log(metrics, progress.step)
+                window = _Window()
+            epoch_done = i == schedule.steps_left - 1
+            run_done = progress.step >= progress.total_steps
+            if epoch_done:  # a checkpoint taken now must resume at the next epoch's start
+                progress.epoch, progress.position = progress.epoch + 1, 0
+            val = None
+            if progress.step % tc.eval_every_steps == 0 or run_done:
+                val = evaluate(model, tc, device, amp_dtype, speaker_to_id, world_size)
+                tracker.log({**val, "step": progress.step}, progress.step, line=False)
+                if rank == 0:
+                    log.info("step %d | val_loss %.4f | val_top1 %.3f", progress.step, val["val_loss"], val["val_mel_top1"])
+            due = bool(tc.checkpoint.every_minutes) and time.monotonic() - last_ckpt > 60 * tc.checkpoint.every_minutes
+            if progress.step % tc.checkpoint.every_steps == 0 or epoch_done or run_done or _agree(due, device, world_size):
+                report_checkpoint(model, optimizer, scheduler, scaler, progress, cfg, rank, val, run_dir)
+                last_ckpt = time.monotonic()
+        if steps_here == 0:  # nothing left in this epoch (fewer batches than one global step)
+            progress.epoch, progress.position = progress.epoch + 1, 0
+    tracker.close()
+    if audit is not None:
+        audit.close()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def freeze_modules(model: TrainingModel, tc) -> dict:
+    """Freeze the stage's modules (and heads whose loss weight is 0); return what is frozen and trainable."""
+    frozen = {}
+    for name in tc.freeze:
+        module = getattr(model.model, name, None)
+        if module is None:
+            raise ValueError(f"train.freeze: UnifiedVoice has no module {name!r}")
+        for p in module.parameters():
+            p.requires_grad_(False)
+        frozen[name] = sum(p.numel() for p in module.parameters())
+    for head, weight in HEAD_LOSSES.items():
+        module = getattr(model.heads, head, None)
+        if module is not None and getattr(tc.loss, weight) == 0:  # unused head: keep it out of DDP and AdamW
+            for p in module.parameters():
+                p.requires_grad_(False)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"frozen": frozen, "trainable": trainable, "total": total, "percent": 100.0 * trainable / total}
+
+
+def report_parameters(summary: dict, run_dir: Path) -> None:
+    """Print each frozen module and `Trainable: n / total (x %)`; keep the same in <run>/parameters.json."""
+    for name, n in summary["frozen"].items():
+        log.info("frozen: %s (%s params)", name, f"{n:,}")
+    log.info("Trainable: %s / %s (%.2f %%)", f"{summary['trainable']:,}", f"{summary['total']:,}", summary["percent"])
+    atomic_write_json(run_dir / "parameters.json", summary)
+
+
+def accumulation_for(global_micro: int, world_size: int) -> int:
+    """Micro-steps per rank so that world_size * accum stays as close as possible to the configured global count."""
+    return max(1, round(global_micro / world_size))
+
+
+def log_resize(run_dir: Path, progress: Progress, world_size: int, grad_accum: int) -> None:
+    """Record a world-size change: old -> new size, accumulation, steps redone, wall time lost."""
+    from indextts_ray.train.tracking import read_metrics
+
+    logged = read_metrics(run_dir)
+    last = max(logged) if logged else progress.step
+    lost_s = time.time() - logged[last]["time"] if logged and "time" in logged[last] else None
+    event = {"event": "resize", "step": progress.step, "old_world_size": progress.world_size,
+             "new_world_size": world_size, "old_grad_accum": progress.grad_accum, "new_grad_accum": grad_accum,
+             "lost_steps": max(last - progress.step, 0), "time_lost_s": lost_s, "time": time.time()}
+    log.warning("resize: world size %d -> %d, grad_accum %d -> %d, %d steps redone, %s s lost", progress.world_size,
+                world_size, progress.grad_accum, grad_accum, event["lost_steps"],
+                f"{lost_s:.1f}" if lost_s is not None else "?")
+    with open(run_dir / "events.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(event) + "\n")
+
+
+def make_optimizer(model: torch.nn.Module, tc) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms, embeddings and latents (1-D or embedding tables)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "embedding" in name or "latents" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas)
+
+
+def lr_factor(step: int, tc, total_steps: int) -> float:
+    """Linear warmup, then cosine decay to `min_lr_ratio`, on optimizer steps."""
+    if tc.warmup_steps and step < tc.warmup_steps:
+        return (step + 1) / tc.warmup_steps
+    span = max(total_steps - tc.warmup_steps, 1)
+    t = min(max(step - tc.warmup_steps, 0) / span, 1.0)
+    return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "off" or device.type != "cuda":
+        return None  # CPU runs in fp32: the tiny-model tests compare exact numbers
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+@torch.no_grad()
+def evaluate(model: TrainingModel, tc, device, amp_dtype, speaker_to_id, world_size: int) -> dict:
+    """Validation over this rank's Ray Data shard; token-weighted means reduced over ranks."""
+    model.eval()
+    shard = ray.train.get_dataset_shard("val")
+    totals = torch.zeros(5, dtype=torch.float64, device=device)  # mel_loss*n, top1*n, text_loss*n_text, n, n_text
+    for b, table in enumerate(shard.iter_batches(batch_size=tc.batch.max_batch_size, batch_format="pyarrow")):
+        if tc.val_max_batches and b >= tc.val_max_batches:
+            break
+        batch = {k: v.to(device) for k, v in collate(table, speaker_to_id).items()}
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            out = model(batch, tc.loss)
+        n, nt = float(out["n_mel_tokens"]), float(out["n_text_tokens"])
+        totals += torch.tensor([float(out["mel_loss"]) * n, float(out["mel_top1"]) * n,
+                                float(out["text_loss"]) * nt, n, nt], dtype=torch.float64, device=device)
+    if world_size > 1:
+        dist.all_reduce(totals)
+    mel, top1, text, n, nt = totals.tolist()
+    return {"val_loss": mel / max(n, 1), "val_mel_top1": top1 / max(n, 1), "val_text_loss": text / max(nt, 1)}
+
+
+def report_checkpoint(model, optimizer, scheduler, scaler, progress: Progress, cfg: Config, rank: int,
+                      val: dict | None, run_dir: Path) -> None:
+    """Every rank calls report (it is a barrier); rank 0 attaches the checkpoint and keeps `best/`."""
+    metrics = {"step": progress.step, "epoch": progress.epoch, **(val or {})}
+    if val is not None and val["val_loss"] < progress.best_val:
+        progress.best_val = val["val_loss"]
+        if rank == 0:
+            _save_best(model, cfg, run_dir)
+    checkpoint, tmp = None, None
+    if rank == 0:
+        tmp = Path(tempfile.mkdtemp(prefix="ckpt-"))
+        save_state(tmp, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                   progress=progress, config=cfg.model_dump(mode="json"))
+        checkpoint = ray.train.Checkpoint.from_directory(str(tmp))
+    mode = ray.train.CheckpointUploadMode.ASYNC if cfg.train.checkpoint.async_upload else ray.train.CheckpointUploadMode.SYNC
+    # Ray deletes the local copy once it is in storage (after the upload when it runs in the background)
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step-{progress.step:08d}",
+                     checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=tmp is not None)
+
+
+def _save_best(model, cfg: Config, run_dir: Path) -> None:
+    """Export the best-by-val weights next to the run (atomic directory swap)."""
+    import shutil
+
+    tmp = run_dir / ".best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_checkpoint(model, tmp)
+    final = run_dir / "best"
+    old = run_dir / ".best.old"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _mkdir(path: Path, enabled: bool) -> bool:
+    if enabled:
+        path.mkdir(parents=True, exist_ok=True)
+    return enabled
+
+
+def _all_sum(values: list[float], device, world_size: int) -> list[float]:
+    if world_size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _agree(flag, device, world_size: int) -> bool:
+    """Rank 0's decision for time-based events, so every rank checkpoints at the same step."""
+    if world_size == 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+class _Window:
+    """Throughput over the steps since the last log line."""
+
+    def __init__(self):
+        self.time = self.data = self.tokens = self.flops = 0.0
+        self.steps = 0
+
+    def add(self, step_s: float, data_s: float, tokens: float, flops: float) -> None:
+        self.time += step_s
+        self.data += data_s
+        self.tokens += tokens
+        self.flops += flops  # model FLOPs of the step's real tokens at each batch's padded GPT length
+        self.steps += 1
+
+    def rates(self, peak_tflops: float | None, world_size: int) -> dict:
+        tps = self.tokens / self.time if self.time else 0.0
+        mfu = self.flops / self.time / (peak_tflops * 1e12 * world_size) if peak_tflops and self.time else None
+        return {"tokens_per_s": tps, "mfu": mfu, "data_wait": self.data / self.time if self.time else 0.0,
+                "step_ms": 1000 * self.time / max(self.steps, 1)}

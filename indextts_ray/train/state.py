@@ -1,0 +1,76 @@
+"""Everything a run needs to continue exactly, saved and loaded in one place.
+
+Randomness is not snapshotted: every micro-step reseeds torch from (seed, step, micro, rank) and the data
+order is a function of (seed, epoch), so the step counter and the data position *are* the RNG state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from indextts_ray.errors import DataError
+from indextts_ray.io_utils import atomic_write, atomic_write_json, sha256_file
+
+FORMAT_VERSION = 1
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    position: int = 0  # plan entries (global micro-batches) consumed in this epoch, over all ranks
+    tokens_seen: int = 0
+    total_steps: int = 0  # fixed at the first start so the LR schedule survives a world-size change
+    world_size: int = 1
+    grad_accum: int = 1
+    best_val: float = math.inf
+    grl_lambda: float = 1.0
+    speaker_weight: float = 0.0
+    skipped_steps: int = 0
+
+
+def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 10_007 + micro * 101 + rank) % (2**63 - 1)
+
+
+def save_state(directory: Path, *, model, optimizer, scheduler, scaler, progress: Progress, config: dict) -> Path:
+    """Write `state.pt` (atomic) and `checksums.json` into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    blob = {
+        "format_version": FORMAT_VERSION,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "progress": asdict(progress),
+        "config": json.dumps(config),
+    }
+    path = atomic_write(directory / STATE_FILE, lambda tmp: torch.save(blob, tmp))
+    atomic_write_json(directory / "checksums.json", {STATE_FILE: sha256_file(path)})
+    return path
+
+
+def load_state(directory: Path, *, model, optimizer, scheduler, scaler) -> tuple[Progress, dict]:
+    """Restore everything from `directory`; verify the checksum; refuse unknown or missing keys."""
+    path = directory / STATE_FILE
+    sums = json.loads((directory / "checksums.json").read_text())
+    if sha256_file(path) != sums[STATE_FILE]:
+        raise DataError(f"{path}: checksum mismatch (corrupt checkpoint); delete it to resume from the previous one")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.pop("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: checkpoint format is not {FORMAT_VERSION}")
+    model.load_state_dict(blob.pop("model"))
+    optimizer.load_state_dict(blob.pop("optimizer"))
+    scheduler.load_state_dict(blob.pop("scheduler"))
+    scaler.load_state_dict(blob.pop("scaler"))
+    progress = Progress(**blob.pop("progress"))
+    config = json.loads(blob.pop("config"))
+    if blob:
+        raise DataError(f"{path}: unexpected keys {sorted(blob)}")
+    return progress, config

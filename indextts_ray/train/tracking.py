@@ -1,0 +1,133 @@
+"""Rank-0 metrics: one parseable console line, TensorBoard scalars, wandb (offline unless configured)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("indextts_ray.train")
+
+# Dense bf16/fp16 tensor peak (fp32 accumulate), TFLOP/s per device.
+PEAK_TFLOPS = {
+    "RTX 4090": 165.2,
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "RTX 3090": 71.0,
+    "A6000": 154.8,
+}
+
+# Console/report names -> the seed recipe's TensorBoard tags.
+TB_TAGS = {
+    "loss": "train/loss",
+    "mel_loss": "train/mel_loss",
+    "text_loss": "train/text_loss",
+    "mel_top1": "train/mel_top1",
+    "speaker_loss": "train/speaker_loss",
+    "speaker_acc": "train/speaker_acc",
+    "emotion_loss": "train/emotion_loss",
+    "emotion_acc": "train/emotion_acc",
+    "lr": "train/lr",
+    "grad_norm": "train/grad_norm",
+    "tokens_per_s": "perf/tokens_per_s",
+    "mfu": "perf/mfu",
+    "padding": "perf/padding",
+    "data_wait": "perf/data_wait",
+    "grl_lambda": "train/grl_lambda",
+    "val_loss": "val/mel_loss",
+    "val_mel_top1": "val/mel_top1",
+    "val_text_loss": "val/text_loss",
+}
+
+
+def device_peak_tflops(device: torch.device, configured: float | None) -> float | None:
+    if configured:
+        return configured
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def read_metrics(run_dir: Path) -> dict[int, dict]:
+    """metrics.jsonl as {step: metrics}, the last entry of a step winning (steps replayed after a restart)."""
+    out: dict[int, dict] = {}
+    path = Path(run_dir) / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            m = json.loads(line)
+            out.setdefault(m["step"], {}).update(m)
+    return out
+
+
+def format_line(m: dict) -> str:
+    """`step 1200 | loss 2.314 (text 0.41 mel 1.90) | top1 0.52 | lr 3.0e-04 | ...` (STYLE.md §8)."""
+    parts = [
+        f"step {m['step']}",
+        f"loss {m['loss']:.3f} (text {m['text_loss']:.2f} mel {m['mel_loss']:.2f})",
+        f"top1 {m['mel_top1']:.3f}",
+    ]
+    if m.get("speaker_weight", 0) > 0:
+        parts.append(f"spk {m['speaker_loss']:.2f}/{m['speaker_acc']:.2f} λ {m['grl_lambda']:.2f}")
+    parts += [
+        f"lr {m['lr']:.1e}",
+        f"gnorm {m['grad_norm']:.2f}",
+        f"tok/s {m['tokens_per_s']:,.0f}",
+        f"mfu {m['mfu'] * 100:.1f}%" if m.get("mfu") is not None else "mfu n/a",
+        f"pad {m['padding'] * 100:.1f}%",
+        f"wait {m['data_wait'] * 100:.0f}%",
+        f"{m['step_ms']:.0f}ms",
+    ]
+    return " | ".join(parts)
+
+
+class Tracker:
+    """Created on every rank; only rank 0 writes anything."""
+
+    def __init__(self, rank: int, run_dir: Path, run_name: str, config: dict, settings):
+        self.active = rank == 0
+        self.tb = self.wandb = None
+        if not self.active:
+            return
+        # every logged step, appended: plots, eval reports and resume checks read it (a replayed step after a
+        # restart appears again; readers keep the last entry per step)
+        self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        if settings.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if settings.wandb and settings.wandb_mode != "disabled":
+            os.environ.setdefault("WANDB_MODE", settings.wandb_mode)
+            os.environ.setdefault("WANDB_SILENT", "true")
+            import wandb
+
+            self.wandb = wandb.init(
+                project=settings.wandb_project, name=run_name, id=run_name, resume="allow",
+                dir=str(run_dir), config=config, mode=os.environ["WANDB_MODE"],
+            )
+
+    def log(self, metrics: dict, step: int, line: bool = True) -> None:
+        if not self.active:
+            return
+        if line and "mel_loss" in metrics:
+            log.info(format_line(metrics))
+        for k, v in metrics.items():
+            if self.tb is not None and k in TB_TAGS and v is not None:
+                self.tb.add_scalar(TB_TAGS[k], float(v), step)
+        self.jsonl.write(json.dumps({k: v for k, v in metrics.items() if v is not None}) + "\n")
+        self.jsonl.flush()
+        if self.wandb is not None:
+            self.wandb.log({TB_TAGS.get(k, k): v for k, v in metrics.items() if v is not None}, step=step)
+
+    def close(self) -> None:
+        if self.active:
+            self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()

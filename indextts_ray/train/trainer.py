@@ -1,0 +1,91 @@
+"""Driver side: resolve paths, build the TorchTrainer for one stage, fit (or resume) it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import ray
+import ray.data
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from indextts_ray.config import Config, write_resolved_config
+from indextts_ray.errors import UserError
+from indextts_ray.train.loop import train_loop_per_worker
+from indextts_ray.train.shards import list_shards
+
+log = logging.getLogger("indextts_ray.train")
+
+
+def absolutize(cfg: Config, base: Path | None = None) -> Config:
+    """Ray workers do not run in the repo: every path becomes absolute in the driver."""
+    base = base or Path.cwd()
+
+    def fix(p: str | None) -> str | None:
+        return None if p is None else str((base / p).resolve()) if not os.path.isabs(p) else p
+
+    update = {
+        "train": cfg.train.model_copy(update={
+            "data_dir": fix(cfg.train.data_dir),
+            "init_checkpoint": fix(cfg.train.init_checkpoint),
+            "speaker_mapping": fix(cfg.train.speaker_mapping),
+        }),
+        "run": cfg.run.model_copy(update={"output_dir": fix(cfg.run.output_dir)}),
+    }
+    return cfg.model_copy(update=update)
+
+
+def check_inputs(cfg: Config) -> None:
+    tc = cfg.train
+    if tc.data_dir is None:
+        raise UserError("train.data_dir is not set: point it at the output of `indextts-ray prepare`")
+    for path, what in ((tc.init_checkpoint, "train.init_checkpoint"), (tc.speaker_mapping, "train.speaker_mapping")):
+        if path is not None and not Path(path).exists():
+            raise UserError(f"{what}: {path} does not exist")
+    list_shards(Path(tc.data_dir) / "train")
+    list_shards(Path(tc.data_dir) / "val")
+
+
+def build_trainer(cfg: Config) -> TorchTrainer:
+    tc = cfg.train
+    sc = tc.scaling
+    scaling = ScalingConfig(
+        num_workers=tuple(sc.num_workers) if sc.elastic else sc.max_workers,
+        use_gpu=sc.use_gpu,
+        resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {}), **sc.resources_per_worker},
+        elastic_resize_monitor_interval_s=sc.elastic_monitor_interval_s,
+    )
+    run = RunConfig(
+        name=cfg.run.name,
+        storage_path=cfg.run.output_dir,
+        checkpoint_config=CheckpointConfig(num_to_keep=tc.checkpoint.keep),
+        failure_config=FailureConfig(max_failures=sc.failures),
+        worker_runtime_env={"env_vars": {
+            "WANDB_MODE": os.environ.get("WANDB_MODE", tc.logging.wandb_mode),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                        os.environ.get("PYTHONPATH")])),
+        }},
+    )
+    val = ray.data.read_parquet([str(p) for p in list_shards(Path(tc.data_dir) / "val")])
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg.model_dump(mode="json"),
+        scaling_config=scaling,
+        run_config=run,
+        datasets={"val": val},
+    )
+
+
+def run_training(cfg: Config):
+    """Fit one stage. Rerunning with the same run.output_dir + run.name resumes (or does nothing if done)."""
+    cfg = absolutize(cfg)
+    check_inputs(cfg)
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    write_resolved_config(cfg, run_dir)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    result = build_trainer(cfg).fit()
+    log.info("stage %d finished: %s", cfg.train.stage, result.checkpoint.path if result.checkpoint else "no checkpoint")
+    return result

@@ -1,0 +1,100 @@
+"""The recipe DAG on a tiny synthetic corpus: runs, skips, reruns only what changed, stops on failure."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from indextts_ray.config import load_config
+from indextts_ray.pipeline.runner import StepFailed, pipeline_status, run_pipeline, submit_pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+QUICK = ["train.max_steps=2", "train.logging.wandb=false", "train.eval_every_steps=2"]
+
+
+def pipeline_cfg(work: Path, *extra: str):
+    return load_config(REPO / "configs/pipeline/demo.yaml", [
+        f"pipeline.work_dir={work}", "pipeline.synth.speakers=4", "pipeline.synth.utts_per_speaker=6",
+        "pipeline.speakers.min_samples=2",
+        *[f"pipeline.stage{n}.config={REPO / f'configs/demo/stage{n}.yaml'}" for n in (1, 2, 3)],
+        *[f"pipeline.stage{n}.overrides={QUICK}" for n in (1, 2, 3)],
+        *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, ray_local):
+    work = tmp_path_factory.mktemp("pipe")
+    ran = run_pipeline(pipeline_cfg(work))
+    assert ran == ["synth", "prepare", "speakers", "stage1", "stage2", "stage3", "export"]
+    return work
+
+
+def test_first_run_produces_everything(work):
+    assert (work / "export" / "gpt.pth").exists() and (work / "export" / "config.yaml").exists()
+    assert (work / "speaker_mapping.json").exists()
+    states = {name: state for name, state, _ in pipeline_status(pipeline_cfg(work))}
+    assert set(states.values()) == {"done"}
+
+
+def test_second_run_skips_everything(work):
+    assert run_pipeline(pipeline_cfg(work)) == []
+
+
+def test_changing_one_stage_reruns_it_and_dependents_only(work):
+    cfg = pipeline_cfg(work, f"pipeline.stage2.overrides={[*QUICK, 'train.lr=5e-4']}")
+    states = {name: state for name, state, _ in pipeline_status(cfg)}
+    assert states["stage1"] == "done" and states["stage2"] == "stale" and states["stage3"] == "stale"
+    assert run_pipeline(cfg) == ["stage2", "stage3", "export"]
+
+
+def test_failed_step_stops_dependents_with_clear_message(work):
+    cfg = pipeline_cfg(work, f"pipeline.stage3.overrides={[*QUICK, 'train.freeze=[no_such_module]']}")
+    with pytest.raises(StepFailed) as e:
+        run_pipeline(cfg)
+    msg = str(e.value)
+    assert "step 'stage3' failed" in msg and "no_such_module" in msg and "not run: export" in msg
+    states = {name: state for name, state, _ in pipeline_status(cfg)}
+    assert states["stage3"] == "failed" and states["export"] == "stale"
+
+
+def test_submit_runs_steps_as_ray_jobs(tmp_path, monkeypatch):
+    """A real local head with its job server (in a child process, so stopping it touches nothing else);
+    the synth step goes through `JobSubmissionClient`, the second submit finds its receipt and submits nothing."""
+    port = 8299
+    # `--block` ties the head's processes to this child: terminating it stops this cluster only; its own
+    # temp dir keeps its address file from redirecting other `ray.init()` calls on this machine
+    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port=6399", "--num-cpus=1",
+         f"--temp-dir={temp_dir}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={port}", "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        # as users do: token auth is on for the job server; the client reads ~/.ray/auth_token in token mode
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        cfg_path = REPO / "configs/pipeline/demo.yaml"
+        overrides = [f"pipeline.work_dir={tmp_path}", "pipeline.synth.speakers=2", "pipeline.synth.utts_per_speaker=3"]
+        cfg = load_config(cfg_path, overrides)
+        jobs = submit_pipeline(cfg, cfg_path, overrides, f"http://127.0.0.1:{port}", until="synth", timeout_s=240)
+        assert len(jobs) == 1 and jobs[0].startswith("indextts-synth-")
+        assert (tmp_path / "corpus" / "manifest.jsonl").exists()
+        assert {n: s for n, s, _ in pipeline_status(cfg)}["synth"] == "done"
+        assert submit_pipeline(cfg, cfg_path, overrides, f"http://127.0.0.1:{port}", until="synth") == []
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
