@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/indextts-ray config configs/model/tiny.yaml
+	$(BIN)/indextts-ray demo --out demo_out
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -26,7 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("indextts_ray.commands.demo_cmd", "the whole recipe on a synthetic corpus, tiny model, local Ray"),
     "pipeline": ("indextts_ray.commands.pipeline_cmd", "run/submit/status of the step DAG (prepare ... export)"),
     "train": ("indextts_ray.commands.train_cmd", "run one training stage on Ray Train (resumes when rerun)"),
+    "tune": ("indextts_ray.commands.tune_cmd", "Stage-2 band-control search with Ray Tune (resumes when rerun)"),
     "export": ("indextts_ray.commands.export_cmd", "checkpoint -> official gpt.pth + config.yaml (+ heads sidecars)"),
+    "eval": ("indextts_ray.commands.eval_cmd", "evaluate exports on held-out shards: losses, probes, plots, report"),
     "normalize": ("indextts_ray.commands.normalize_cmd", "print the spoken form of a transcript (text normaliser)"),
 }
 

@@ -30,6 +30,7 @@ from indextts_ray.model.config import ModelConfig
 from indextts_ray.pipeline.config import PipelineConfig
 from indextts_ray.schema import StrictModel
 from indextts_ray.train.config import TrainConfig
+from indextts_ray.tune.config import TuneConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -50,6 +51,7 @@ class Config(StrictModel):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    tune: TuneConfig = TuneConfig()
 
 
 # A file under configs/<section>/ holds one section (e.g. configs/model/tiny.yaml is a ModelConfig).

@@ -78,7 +78,7 @@ def run_pipeline(cfg: Config, until: str | None = None, force: tuple[str, ...] =
         except UserError:
             raise
         except Exception as e:
-            dependents = [s.name for s in graph if s.name not in ran and s.name != step.name]
+            dependents = [s.name for s in graph[graph.index(step) + 1:]]
             raise StepFailed(step.name, f"{type(e).__name__}: {e}; not run: {', '.join(dependents) or 'none'}") from e
         ran.append(step.name)
         print(f"[pipeline] {step.name}: done in {r['seconds']:.1f}s {r['metrics']}", flush=True)

@@ -148,6 +148,16 @@ def run_export(cfg: Config) -> dict:
     return {"export": str(out)}
 
 
+def run_eval(cfg: Config) -> dict:
+    """Evaluate the three stage exports on the held-out shards; the report goes to `<work>/report/`."""
+    from indextts_ray.eval.evaluate import EvalOptions, evaluate_and_report
+
+    lay = layout(cfg)
+    summary = evaluate_and_report({f"stage{n}": lay.final(n) for n in (1, 2, 3)}, lay.prepared, lay.report,
+                                  EvalOptions(max_items=cfg.pipeline.eval.max_items))
+    return {"report": str(lay.report / "report.md"), **summary["flat"]}
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -183,4 +193,8 @@ def build_graph(cfg: Config) -> list[Step]:
         _stage_step(3, ("stage2",)),
         Step("export", ("stage3",), run_export, lambda c: None, lambda lay: [lay.export / "gpt.pth"]),
     ]
+    # eval (owned by indextts_ray/eval): reads the stage exports and prepared val shards, writes <work>/report
+    if cfg.pipeline.eval.enabled:
+        steps.append(Step("eval", ("export",), run_eval, lambda c: config_to_dict(c.pipeline.eval),
+                          lambda lay: [lay.report / "report.md", lay.report / "report.html"]))
     return steps

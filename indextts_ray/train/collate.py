@@ -30,8 +30,12 @@ def _pad_feats(blobs: list[bytes | None], frames: np.ndarray, dim: int) -> np.nd
     return out
 
 
-def collate(table: pa.Table, speaker_to_id: dict[str, int] | None = None) -> dict:
-    """Build the model batch. `emo_feats` is included only when some row has its own emotion reference."""
+def collate(table: pa.Table, speaker_to_id: dict[str, int] | None = None, emotion_of=None) -> dict:
+    """Build the model batch. `emo_feats` is included only when some row has its own emotion reference.
+
+    `emotion_ids` label the clip the emotion vector comes from: the prompt, looked up with `emotion_of`
+    (an `EmotionLookup`); without it, or for a separate emotion reference, the label is unknown (ignored).
+    """
     text, text_len = _pad_lists(table.column("text_ids"))
     codes, code_len = _pad_lists(table.column("codes"))
     dim = int(table.column("feat_dim")[0].as_py())
@@ -52,7 +56,12 @@ def collate(table: pa.Table, speaker_to_id: dict[str, int] | None = None) -> dic
         frames = np.where([e is not None for e in emo_blobs], e_frames, p_frames)
         batch["emo_feats"] = torch.from_numpy(_pad_feats(blobs, frames, dim))
         batch["emo_lengths"] = torch.from_numpy(frames.astype(np.int64))
-    emo = table.column("emotion_id").to_numpy(zero_copy_only=False).astype(np.int64)
+    if emotion_of is not None:
+        emo = emotion_of(table.column("prompt_id").to_pylist()).astype(np.int64)
+        if "emo_feats" in batch:
+            emo = np.where(np.asarray([e is None for e in emo_blobs]), emo, -1)
+    else:
+        emo = np.full(table.num_rows, -1, dtype=np.int64)
     batch["emotion_ids"] = torch.from_numpy(np.where(emo < 0, IGNORE, emo))
     if speaker_to_id is not None:
         spk = [speaker_to_id.get(s, IGNORE) for s in table.column("speaker").to_pylist()]

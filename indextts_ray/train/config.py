@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from indextts_ray.model.config import LossWeights
 from indextts_ray.schema import StrictModel
+from indextts_ray.tune.config import BandControlConfig
 
 
 class BatchConfig(StrictModel):
@@ -89,6 +90,7 @@ class TrainConfig(StrictModel):
     grad_clip: float = Field(1.0, gt=0)
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     grl_lambda: float = Field(1.0, ge=0)
+    band: BandControlConfig = Field(BandControlConfig(), description="stage-2 speaker-accuracy band controller")
     loss: LossWeights = LossWeights()
     batch: BatchConfig = BatchConfig()
     eval_every_steps: int = Field(500, gt=0)

@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import ray.train
@@ -30,9 +31,10 @@ from indextts_ray.model.flops import flops_per_token, gpt_seq_len
 from indextts_ray.model.training import TrainingModel
 from indextts_ray.train.collate import batch_ids, collate
 from indextts_ray.train.prefetch import Prefetcher
-from indextts_ray.train.shards import RowReader, ShardIndex, list_shards
+from indextts_ray.train.shards import EmotionLookup, RowReader, ShardIndex, list_shards
 from indextts_ray.train.state import Progress, load_state, save_state, step_seed
 from indextts_ray.train.tracking import Tracker, device_peak_tflops
+from indextts_ray.tune.controller import controller_for
 
 log = logging.getLogger("indextts_ray.train")
 
@@ -73,6 +75,7 @@ def train_loop_per_worker(config: dict) -> None:
     data_dir = Path(tc.data_dir)
     index = ShardIndex(list_shards(data_dir / "train"), keep_speakers=set(speaker_to_id) if tc.only_mapped_speakers else None)
     reader = RowReader(index)
+    emotion_of = EmotionLookup([*list_shards(data_dir / "train"), *list_shards(data_dir / "val")])
     bucketing = BucketingSettings(tc.batch.max_tokens, tc.batch.max_batch_size, tc.batch.shuffle_window)
     global_micro = tc.scaling.max_workers * tc.batch.grad_accum  # micro-batches per optimizer step, all ranks
     grad_accum = accumulation_for(global_micro, world_size)
@@ -88,6 +91,13 @@ def train_loop_per_worker(config: dict) -> None:
             if progress.world_size != world_size:
                 log_resize(run_dir, progress, world_size, grad_accum)
     progress.world_size, progress.grad_accum = world_size, grad_accum
+    band = controller_for(tc)
+    if band is not None and band.resume(progress.band) and rank == 0:
+        log.info("band control resumed: λ %.3g, speaker weight %.3g", band.grl_lambda, band.speaker_weight)
+    if band is not None:
+        progress.grl_lambda, progress.speaker_weight = band.grl_lambda, band.speaker_weight
+        model.set_grl_lambda(band.grl_lambda)
+        amp_dtype = amp_dtype if band.amp_enabled else None
     attempt = [progress.step, world_size]  # identifies this worker group's run in audits (restarts redo steps)
     model.set_grl_lambda(progress.grl_lambda)
 
@@ -113,7 +123,7 @@ def train_loop_per_worker(config: dict) -> None:
         def micro_batches(i: int, plan=plan, schedule=schedule):
             rows = [plan[j] for j in schedule.micro_batches(i)]
             tables = [reader.read(r) for r in rows]
-            return [(collate(t, speaker_to_id), batch_ids(t), padding_fraction([r], index.lengths)) for t, r in zip(tables, rows)]
+            return [(collate(t, speaker_to_id, emotion_of), batch_ids(t), padding_fraction([r], index.lengths)) for t, r in zip(tables, rows)]
 
         prefetch = Prefetcher(micro_batches, steps_here)
         window = _Window()
@@ -123,6 +133,7 @@ def train_loop_per_worker(config: dict) -> None:
             t_data = time.perf_counter() - t0
             lr = scheduler.get_last_lr()[0]
             ddp_model.train()
+            weights = tc.loss.model_copy(update={"speaker": progress.speaker_weight})
             sums: dict[str, float] = {}
             step_flops = 0.0
             for k, (batch, _ids, pad) in enumerate(batches):
@@ -131,7 +142,7 @@ def train_loop_per_worker(config: dict) -> None:
                 last = k == len(batches) - 1
                 sync = contextlib.nullcontext() if last or world_size == 1 else ddp_model.no_sync()
                 with sync, torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    out = ddp_model(batch, tc.loss)
+                    out = ddp_model(batch, weights)
                     scaler.scale(out["loss"] / len(batches)).backward()
                 if audit is not None:
                     audit.write(json.dumps({"attempt": attempt, "epoch": progress.epoch, "step": progress.step,
@@ -155,6 +166,13 @@ def train_loop_per_worker(config: dict) -> None:
             progress.tokens_seen += int(step_tokens)
             window.add(time.perf_counter() - t0, t_data, step_tokens, step_flops)
 
+            if band is not None and control_step(band, progress, model, sums, device, world_size, rank):
+                amp_dtype = amp_dtype if band.amp_enabled else None
+                if band.reload_requested:
+                    prefetch.close()
+                    rollback(run_dir, model, optimizer, scheduler, scaler, progress, rank)
+                    break  # the while loop re-plans from the restored epoch/position
+
             if progress.step % tc.logging.every_steps == 0 or i == steps_here - 1:
                 metrics = {**sums, "step": progress.step, "epoch": progress.epoch, "time": time.time(), "lr": lr,
                            "grad_norm": grad_norm, "world_size": world_size, "grad_accum": grad_accum,
@@ -168,7 +186,7 @@ def train_loop_per_worker(config: dict) -> None:
                 progress.epoch, progress.position = progress.epoch + 1, 0
             val = None
             if progress.step % tc.eval_every_steps == 0 or run_done:
-                val = evaluate(model, tc, device, amp_dtype, speaker_to_id, world_size)
+                val = evaluate(model, tc, device, amp_dtype, speaker_to_id, emotion_of, world_size)
                 tracker.log({**val, "step": progress.step}, progress.step, line=False)
                 if rank == 0:
                     log.info("step %d | val_loss %.4f | val_top1 %.3f", progress.step, val["val_loss"], val["val_mel_top1"])
@@ -212,6 +230,34 @@ def report_parameters(summary: dict, run_dir: Path) -> None:
         log.info("frozen: %s (%s params)", name, f"{n:,}")
     log.info("Trainable: %s / %s (%.2f %%)", f"{summary['trainable']:,}", f"{summary['total']:,}", summary["percent"])
     atomic_write_json(run_dir / "parameters.json", summary)
+
+
+def control_step(band, progress: Progress, model, sums: dict, device, world_size: int, rank: int) -> bool:
+    """Feed the rank-averaged speaker accuracy and loss to the band controller; apply and log its changes."""
+    acc, loss = (v / world_size for v in _all_sum([sums["speaker_acc"], sums["loss"]], device, world_size))
+    changes = band.update(progress.step, acc, loss)
+    progress.grl_lambda, progress.speaker_weight = band.grl_lambda, band.speaker_weight
+    progress.band = band.state_dict()
+    model.set_grl_lambda(band.grl_lambda)
+    if rank == 0:
+        for change in changes:
+            log.info("band control: %s", change)
+    return bool(changes)
+
+
+def rollback(run_dir: Path, model, optimizer, scheduler, scaler, progress: Progress, rank: int) -> None:
+    """Reload weights, optimizer and data position of the newest checkpoint, keeping the control state."""
+    from indextts_ray.train.export import latest_checkpoint
+
+    keep = {"grl_lambda": progress.grl_lambda, "speaker_weight": progress.speaker_weight, "band": progress.band,
+            "rollbacks": progress.rollbacks + 1, "world_size": progress.world_size, "grad_accum": progress.grad_accum}
+    ckpt = latest_checkpoint(run_dir)
+    restored, _ = load_state(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    for k, v in {**asdict(restored), **keep}.items():
+        setattr(progress, k, v)
+    model.set_grl_lambda(progress.grl_lambda)
+    if rank == 0:
+        log.warning("divergence: reloaded %s (step %d), rollback %d", ckpt.name, progress.step, progress.rollbacks)
 
 
 def accumulation_for(global_micro: int, world_size: int) -> int:
@@ -265,7 +311,7 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 @torch.no_grad()
-def evaluate(model: TrainingModel, tc, device, amp_dtype, speaker_to_id, world_size: int) -> dict:
+def evaluate(model: TrainingModel, tc, device, amp_dtype, speaker_to_id, emotion_of, world_size: int) -> dict:
     """Validation over this rank's Ray Data shard; token-weighted means reduced over ranks."""
     model.eval()
     shard = ray.train.get_dataset_shard("val")
@@ -273,7 +319,7 @@ def evaluate(model: TrainingModel, tc, device, amp_dtype, speaker_to_id, world_s
     for b, table in enumerate(shard.iter_batches(batch_size=tc.batch.max_batch_size, batch_format="pyarrow")):
         if tc.val_max_batches and b >= tc.val_max_batches:
             break
-        batch = {k: v.to(device) for k, v in collate(table, speaker_to_id).items()}
+        batch = {k: v.to(device) for k, v in collate(table, speaker_to_id, emotion_of).items()}
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             out = model(batch, tc.loss)
         n, nt = float(out["n_mel_tokens"]), float(out["n_text_tokens"])

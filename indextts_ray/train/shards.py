@@ -58,6 +58,26 @@ class ShardIndex:
         return len(self.lengths)
 
 
+class EmotionLookup:
+    """Emotion id of any row of the prepared set by id, for labelling the clip the emotion vector is computed
+    from: the *prompt* (another utterance), whose emotion may differ from the target row's."""
+
+    def __init__(self, files: list[Path]):
+        tables = [pq.read_table(f, columns=["id", "emotion_id"]) for f in dict.fromkeys(files)]
+        table = pa.concat_tables(tables) if tables else pa.table({"id": [], "emotion_id": []})
+        ids = table.column("id").to_numpy(zero_copy_only=False).astype(str)
+        order = np.argsort(ids)
+        self._ids = ids[order]
+        self._emotion = table.column("emotion_id").to_numpy(zero_copy_only=False).astype(np.int64)[order]
+
+    def __call__(self, ids: list[str]) -> np.ndarray:
+        """Emotion ids (-1 = unknown or not in the set)."""
+        query = np.asarray(ids, dtype=self._ids.dtype if len(self._ids) else str)
+        pos = np.clip(np.searchsorted(self._ids, query), 0, max(len(self._ids) - 1, 0))
+        found = (self._ids[pos] == query) if len(self._ids) else np.zeros(len(query), bool)
+        return np.where(found, self._emotion[pos] if len(self._ids) else -1, -1)
+
+
 class RowReader:
     """Fetch rows by global index with an LRU cache of decoded row groups."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +33,8 @@ class Progress:
     grl_lambda: float = 1.0
     speaker_weight: float = 0.0
     skipped_steps: int = 0
+    band: dict = field(default_factory=dict)  # BandController.state_dict(): resume continues the same control
+    rollbacks: int = 0  # reloads of the last checkpoint after a divergence
 
 
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:

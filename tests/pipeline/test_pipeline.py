@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from indextts_ray.cli import main
 from indextts_ray.config import load_config
 from indextts_ray.pipeline.runner import StepFailed, pipeline_status, run_pipeline, submit_pipeline
 
@@ -20,24 +21,28 @@ QUICK = ["train.max_steps=2", "train.logging.wandb=false", "train.eval_every_ste
 
 def pipeline_cfg(work: Path, *extra: str):
     return load_config(REPO / "configs/pipeline/demo.yaml", [
-        f"pipeline.work_dir={work}", "pipeline.synth.speakers=4", "pipeline.synth.utts_per_speaker=6",
-        "pipeline.speakers.min_samples=2",
-        *[f"pipeline.stage{n}.config={REPO / f'configs/demo/stage{n}.yaml'}" for n in (1, 2, 3)],
-        *[f"pipeline.stage{n}.overrides={QUICK}" for n in (1, 2, 3)],
-        *extra,
+        f"pipeline.work_dir={work}", *[f"pipeline.stage{n}.config={REPO / f'configs/demo/stage{n}.yaml'}" for n in (1, 2, 3)],
+        *SMALL, *extra,
     ])
+
+
+SMALL = ["pipeline.synth.speakers=4", "pipeline.synth.utts_per_speaker=6", "pipeline.speakers.min_samples=2",
+         *[f"pipeline.stage{n}.overrides={QUICK}" for n in (1, 2, 3)]]
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, ray_local):
+    """The README's demo command, in-process, with small settings (what `make demo` runs)."""
     work = tmp_path_factory.mktemp("pipe")
-    ran = run_pipeline(pipeline_cfg(work))
-    assert ran == ["synth", "prepare", "speakers", "stage1", "stage2", "stage3", "export"]
+    assert main(["demo", "--out", str(work), *SMALL]) == 0
     return work
 
 
 def test_first_run_produces_everything(work):
+    receipts = sorted(p.stem for p in (work / "receipts").glob("*.json"))
+    assert receipts == sorted(["synth", "prepare", "speakers", "stage1", "stage2", "stage3", "export", "eval"])
     assert (work / "export" / "gpt.pth").exists() and (work / "export" / "config.yaml").exists()
+    assert (work / "report" / "report.md").exists() and (work / "report" / "report.html").exists()
     assert (work / "speaker_mapping.json").exists()
     states = {name: state for name, state, _ in pipeline_status(pipeline_cfg(work))}
     assert set(states.values()) == {"done"}
@@ -51,7 +56,7 @@ def test_changing_one_stage_reruns_it_and_dependents_only(work):
     cfg = pipeline_cfg(work, f"pipeline.stage2.overrides={[*QUICK, 'train.lr=5e-4']}")
     states = {name: state for name, state, _ in pipeline_status(cfg)}
     assert states["stage1"] == "done" and states["stage2"] == "stale" and states["stage3"] == "stale"
-    assert run_pipeline(cfg) == ["stage2", "stage3", "export"]
+    assert run_pipeline(cfg) == ["stage2", "stage3", "export", "eval"]
 
 
 def test_failed_step_stops_dependents_with_clear_message(work):

@@ -19,3 +19,19 @@ def test_collate_pads_and_maps():
     assert torch.equal(b["spk_feats"][1, : frames[1]], torch.from_numpy(raw.astype(np.float32)))
     assert b["speaker_ids"].tolist() == [0, IGNORE, 0, IGNORE, 0]
     assert "emo_feats" not in b
+
+
+def test_emotion_label_is_the_prompts(tmp_path):
+    import pyarrow.parquet as pq
+
+    from indextts_ray.train.shards import EmotionLookup
+
+    table = make_rows(6, 2, seed=0, prefix="r")
+    pq.write_table(table, tmp_path / "shard-00000.parquet")
+    lookup = EmotionLookup([tmp_path / "shard-00000.parquet"])
+    emo = dict(zip(table.column("id").to_pylist(), table.column("emotion_id").to_pylist()))
+    b = collate(table, None, lookup)
+    expected = [emo.get(p, IGNORE) for p in table.column("prompt_id").to_pylist()]
+    assert b["emotion_ids"].tolist() == expected
+    assert lookup(["nope"]).tolist() == [-1]
+    assert collate(table)["emotion_ids"].tolist() == [IGNORE] * 6  # no lookup: unknown, never the target's

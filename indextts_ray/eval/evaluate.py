@@ -1,0 +1,190 @@
+"""Evaluate exported checkpoints on the held-out set and write the report.
+
+For each export (an `export_checkpoint` directory, e.g. `runs/stage2/final`):
+
+    val rows (seeded sample) --TrainingModel.forward--> val_loss, val_text_loss, val_mel_top1
+    prompt clips --conditioners--> emotion vector, mean speaker latent --probes--> emotion <- emo vec,
+                                                                                  speaker <- emo vec,
+                                                                                  speaker <- speaker latent
+    first n_prompts rows --generate_codes--> stop rate, length ratio (greedy, top-p)
+
+Every export sees the same rows and clips, so the stages are comparable side by side. The training curves
+come from the export's run directory (`<export>/../metrics.jsonl`, `config.resolved.yaml` for the band).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from indextts_ray.errors import DataError
+from indextts_ray.eval.embed import ClipEmbeddings, embed_clips
+from indextts_ray.eval.heldout import prompt_clips, sample_rows
+from indextts_ray.eval.losses import validation_losses
+from indextts_ray.eval.probes import ProbeResult, linear_probe
+from indextts_ray.eval.sanity import sampling_sanity
+from indextts_ray.model.checkpoint_io import load_export
+from indextts_ray.model.training import TrainingModel
+
+log = logging.getLogger("indextts_ray.eval")
+
+PROBES = ("emotion_from_emovec", "speaker_from_emovec", "speaker_from_latents")
+PROBE_TITLES = {
+    "emotion_from_emovec": "emotion ← emotion vector",
+    "speaker_from_emovec": "speaker ← emotion vector",
+    "speaker_from_latents": "speaker ← speaker latents",
+}
+DEFAULT_BAND = (0.30, 0.60)  # train.band.low/high defaults (tune/config.py::BandControlConfig)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Args: max_items held-out rows; seed for the row sample, probe splits and sampling; batch_size for the
+    loss and embedding passes; n_prompts rows for the sampling sanity check; device `auto` = cuda when present."""
+
+    max_items: int = 400
+    seed: int = 0
+    batch_size: int = 8
+    n_prompts: int = 8
+    test_fraction: float = 0.3
+    min_per_class: int = 3
+    device: str = "auto"
+
+
+@dataclass
+class StageResult:
+    name: str
+    export_dir: Path
+    n_rows: int
+    losses: dict[str, float]
+    probes: dict[str, ProbeResult | None]
+    sampling: dict[str, dict]
+    embeddings: ClipEmbeddings
+    emotion_labels: list[str]
+    curves: dict[int, dict] = field(default_factory=dict)  # the run's metrics.jsonl, {step: metrics}
+    band: tuple[float, float] = DEFAULT_BAND
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name, "export_dir": str(self.export_dir), "n_rows": self.n_rows,
+            "n_clips": len(self.embeddings.clip_ids), "losses": self.losses,
+            "probes": {k: (v.to_json() if v is not None else None) for k, v in self.probes.items()},
+            "sampling": self.sampling,
+        }  # fmt: skip
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def run_history(export_dir: Path) -> tuple[dict[int, dict], tuple[float, float]]:
+    """The training metrics and Stage-2 band of the run an export came from (empty / default when absent)."""
+    from indextts_ray.train.tracking import read_metrics
+
+    run_dir = Path(export_dir).parent
+    band = DEFAULT_BAND
+    resolved = run_dir / "config.resolved.yaml"
+    if resolved.is_file():
+        b = ((yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}).get("train") or {}).get("band") or {}
+        band = (float(b.get("low", band[0])), float(b.get("high", band[1])))
+    return read_metrics(run_dir), band
+
+
+def evaluate_export(export_dir: str | Path, data_dir: str | Path, name: str,
+                    options: EvalOptions = EvalOptions()) -> StageResult:
+    """All metrics of one export on the held-out set (module doc)."""
+    export_dir, data_dir = Path(export_dir), Path(data_dir)
+    device = resolve_device(options.device)
+    loaded = load_export(export_dir, device=device)
+    tm = loaded if isinstance(loaded, TrainingModel) else TrainingModel(loaded.cfg, 0, model=loaded).to(device)
+    uv, cfg = tm.model, tm.cfg
+    rows = sample_rows(data_dir, options.max_items, options.seed)
+    if len(rows) == 0:
+        raise DataError(f"{data_dir / 'val'}: no held-out rows to evaluate on")
+    dim = int(rows.column("feat_dim")[0].as_py())
+    if dim != cfg.input_dim:
+        raise DataError(f"{data_dir}: features are {dim}-dim, {export_dir} expects model.input_dim={cfg.input_dim}; "
+                        "prepare the data for this model")
+    losses = validation_losses(tm, rows, device, options.batch_size)
+    emb = embed_clips(uv, prompt_clips(rows, data_dir), device, options.batch_size)
+    labels = list(cfg.emotion_labels)
+    known = emb.emotion_ids >= 0
+    emotion_names = [labels[i] if 0 <= i < len(labels) else str(i) for i in emb.emotion_ids[known]]
+    kw = {"seed": options.seed, "test_fraction": options.test_fraction, "min_per_class": options.min_per_class}
+    probes = {
+        "emotion_from_emovec": linear_probe(emb.emo_vec[known], emotion_names, label_order=labels, **kw),
+        "speaker_from_emovec": linear_probe(emb.emo_vec, emb.speakers, **kw),
+        "speaker_from_latents": linear_probe(emb.speaker_latent, emb.speakers, **kw),
+    }
+    sampling = sampling_sanity(uv, rows.slice(0, options.n_prompts), device)
+    curves, band = run_history(export_dir)
+    result = StageResult(name, export_dir, len(rows), losses, probes, sampling, emb, labels, curves, band)
+    log.info("eval %s: %s", name, summary_line(result))
+    return result
+
+
+def summary_line(r: StageResult) -> str:
+    parts = [f"val_loss {r.losses['val_loss']:.3f}", f"top1 {r.losses['val_mel_top1']:.3f}"]
+    for key in PROBES:
+        p = r.probes[key]
+        parts.append(f"{key} " + (f"{p.accuracy:.2f} (chance {p.chance:.2f})" if p else "n/a"))
+    greedy = r.sampling.get("greedy")
+    if greedy:
+        parts.append(f"stop {greedy['stop_rate']:.2f} ratio {greedy['length_ratio_mean']:.2f}")
+    return " | ".join(parts)
+
+
+def flat_metrics(results: list[StageResult]) -> dict[str, float | None]:
+    """`<stage>/<metric>` numbers (pipeline receipts, job logs)."""
+    out: dict[str, float | None] = {}
+    for r in results:
+        out[f"{r.name}/val_loss"] = r.losses["val_loss"]
+        for key in PROBES:
+            p = r.probes[key]
+            out[f"{r.name}/{key}"] = p.accuracy if p else None
+        if "greedy" in r.sampling:
+            out[f"{r.name}/stop_rate"] = r.sampling["greedy"]["stop_rate"]
+    return out
+
+
+def stage_names(exports: list[Path]) -> list[str]:
+    """A readable unique name per export: `runs/stage2/final` -> `stage2`, other dirs their own name."""
+    names = []
+    for p in exports:
+        p = Path(p).absolute()
+        base = p.parent.name if p.name in ("final", "best") or p.name.startswith("step-") else p.name
+        name, i = base, 2
+        while name in names:
+            name, i = f"{base}-{i}", i + 1
+        names.append(name)
+    return names
+
+
+def evaluate_and_report(exports: dict[str, Path], data_dir: str | Path, out_dir: str | Path,
+                        options: EvalOptions = EvalOptions()) -> dict:
+    """Evaluate every export ({name: dir}, in stage order) and write the report into `out_dir` (atomically).
+
+    Returns the report's JSON (`report.json`): per-stage metrics and the goal checks.
+    """
+    from indextts_ray.eval.report import write_report
+
+    if not exports:
+        raise DataError("no exports to evaluate")
+    for name, d in exports.items():
+        if not (Path(d) / "model_config.yaml").is_file():
+            raise DataError(f"{d}: not an export directory (no model_config.yaml) for {name}; "
+                            "pass a run's `final` directory or an `indextts-ray export` output")
+    results = [evaluate_export(d, data_dir, name, options) for name, d in exports.items()]
+    return write_report(results, Path(out_dir), data_dir=Path(data_dir), options=options)
+
+
+def probe_accuracy(r: StageResult, key: str) -> float:
+    p = r.probes.get(key)
+    return p.accuracy if p is not None else float(np.nan)

@@ -1,0 +1,264 @@
+"""Write the evaluation report: `report.md`, `report.html`, `report.json` and PNGs, into one directory.
+
+The content is built once as a list of blocks (heading, paragraph, list, table, image) and rendered to both
+Markdown and HTML, so the two never disagree. Everything is written into a temporary sibling directory that
+then replaces `out_dir` in one rename: a reader never sees a half-written report, and a failed run leaves
+the previous report in place.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from indextts_ray.eval import plots
+from indextts_ray.eval.evaluate import PROBE_TITLES, PROBES, EvalOptions, StageResult, flat_metrics
+
+EMOTION_TARGET = 0.85  # the MeloTTS emotion seed's recognition target
+KEEP_TOLERANCE = 0.05  # Stage 3 "keeps" a probe result within this much of Stage 2
+
+
+@dataclass
+class Block:
+    kind: str  # h1 | h2 | p | list | table | img
+    text: str = ""
+    items: list | None = None  # list items, or table rows (first row = header)
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f} %"
+
+
+def _num(v: float | None, fmt: str = ".3f") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def _probe_cell(r: StageResult, key: str) -> str:
+    p = r.probes.get(key)
+    return "n/a" if p is None else f"{_pct(p.accuracy)} ({_pct(p.chance)})"
+
+
+def goal_checks(results: list[StageResult]) -> list[tuple[bool, str]]:
+    """The Stage-2 goals, when stage1/stage2(/stage3) results are present: (met, sentence)."""
+    by = {r.name: r for r in results}
+
+    def acc(name: str, key: str) -> float | None:
+        p = by[name].probes.get(key)
+        return p.accuracy if p is not None else None
+
+    checks: list[tuple[bool, str]] = []
+    if {"stage1", "stage2"} <= by.keys():
+        a, b = acc("stage1", "speaker_from_emovec"), acc("stage2", "speaker_from_emovec")
+        if a is not None and b is not None:
+            checks.append((b < a, f"speaker probe on the emotion vector falls after Stage 2: {_pct(a)} → {_pct(b)}"))
+    for r in results:
+        e = acc(r.name, "emotion_from_emovec")
+        if e is not None:
+            checks.append((e >= EMOTION_TARGET, f"{r.name}: emotion probe ≥ {EMOTION_TARGET:.0%}: {_pct(e)}"))
+    if {"stage2", "stage3"} <= by.keys():
+        e2, e3 = acc("stage2", "emotion_from_emovec"), acc("stage3", "emotion_from_emovec")
+        s2, s3 = acc("stage2", "speaker_from_emovec"), acc("stage3", "speaker_from_emovec")
+        if None not in (e2, e3, s2, s3):
+            ok = e3 >= e2 - KEEP_TOLERANCE and s3 <= s2 + KEEP_TOLERANCE
+            checks.append((ok, f"Stage 3 keeps both (±{KEEP_TOLERANCE:.0%}): emotion {_pct(e2)} → {_pct(e3)}, "
+                               f"speaker on emotion vector {_pct(s2)} → {_pct(s3)}"))
+    return checks
+
+
+def build_blocks(results: list[StageResult], images: dict[str, Path | None], data_dir: Path,
+                 options: EvalOptions) -> list[Block]:
+    """The report's content (see the module doc); `images` maps a plot id to its file (None = not drawn)."""
+    first = results[0]
+    b: list[Block] = [
+        Block("h1", "indextts-ray evaluation report"),
+        Block("p", f"Held-out set: {data_dir / 'val'}, {first.n_rows} rows (seeded sample of at most "
+                   f"{options.max_items}, seed {options.seed}), {len(first.embeddings.clip_ids)} distinct speaker-prompt "
+                   f"clips for the probes. Checkpoints: " + ", ".join(f"{r.name} = {r.export_dir}" for r in results)
+                   + "."),
+        Block("h2", "Summary"),
+        Block("table", items=[
+            ["stage", "val mel loss", "val text loss", "val mel top-1", *(f"{PROBE_TITLES[k]} (chance)" for k in PROBES),
+             "stop rate (greedy)", "length ratio (greedy)"],
+            *[[r.name, _num(r.losses["val_loss"]), _num(r.losses["val_text_loss"]), _pct(r.losses["val_mel_top1"]),
+               *(_probe_cell(r, k) for k in PROBES),
+               _pct(r.sampling.get("greedy", {}).get("stop_rate")),
+               _num(r.sampling.get("greedy", {}).get("length_ratio_mean"), ".2f")] for r in results],
+        ]),
+    ]
+    checks = goal_checks(results)
+    if checks:
+        b += [Block("h2", "Goals"), Block("list", items=[("✅ " if ok else "❌ ") + text for ok, text in checks])]
+    b += [Block("h2", "Training curves")]
+    b += _image_or_note(images.get("loss_curves"), "loss curves per stage",
+                        "no training metrics found (metrics.jsonl next to each export's run)")
+    if images.get("speaker_band"):
+        b += [Block("h2", "Stage 2: speaker adversary"),
+              Block("p", "Speaker-classifier accuracy on GRL(emotion vector) during training, with its target band "
+                         "shaded; below, the GRL λ and the speaker-loss weight the band controller set."),
+              Block("img", "speaker accuracy, λ and weight", [images["speaker_band"]])]
+    b += [Block("h2", "Probe accuracies"),
+          Block("p", "Logistic regression on standardised vectors, stratified held-out split "
+                     f"({options.test_fraction:.0%} test, seed {options.seed}); black lines: chance = always "
+                     f"answering the training split's majority class. Classes with fewer than {options.min_per_class} "
+                     "clips are left out.")]
+    b += _image_or_note(images.get("probes"), "probe accuracies per stage", "no probe had two classes to separate")
+    b += [Block("table", items=[
+        ["stage", "probe", "accuracy", "± 1 s.e.", "chance", "classes", "train / test", "classes dropped"],
+        *[[r.name, PROBE_TITLES[k], _pct(p.accuracy), _pct(_stderr(p.accuracy, p.n_test)), _pct(p.chance),
+           str(len(p.labels)), f"{p.n_train} / {p.n_test}", str(p.dropped_classes)]
+          for r in results for k in PROBES if (p := r.probes.get(k)) is not None],
+    ])]
+    b += _per_emotion(results)
+    for r in results:
+        if images.get(f"confusion_{r.name}"):
+            b.append(Block("img", f"{r.name} emotion confusion matrix", [images[f"confusion_{r.name}"]]))
+    b += [Block("h2", "Clusters (PCA)")]
+    for r in results:
+        b += _image_or_note(images.get(f"clusters_{r.name}"), f"{r.name} clusters", f"{r.name}: too few clips")
+    b += [Block("h2", "Padding and throughput")]
+    b += _image_or_note(images.get("throughput"), "padding and tokens/s", "no throughput metrics found")
+    b += _sampling(results)
+    return b
+
+
+def _stderr(accuracy: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on n examples: differences smaller than about twice
+    this are noise (a 20-clip demo held-out set cannot separate 60 % from 80 %)."""
+    return math.sqrt(accuracy * (1 - accuracy) / max(n, 1))
+
+
+def _image_or_note(path: Path | None, alt: str, note: str) -> list[Block]:
+    return [Block("img", alt, [path])] if path else [Block("p", f"({note})")]
+
+
+def _per_emotion(results: list[StageResult]) -> list[Block]:
+    probes = {r.name: r.probes.get("emotion_from_emovec") for r in results}
+    labels = [label for label in results[0].emotion_labels if any(p and label in p.per_class for p in probes.values())]
+    if not labels:
+        return [Block("h2", "Per-emotion accuracy"), Block("p", "(no emotion labels on the held-out clips)")]
+    rows = [["emotion", *probes]]
+    for label in labels:
+        rows.append([label, *(_pct(p.per_class.get(label)) if p else "n/a" for p in probes.values())])
+    return [Block("h2", "Per-emotion accuracy"),
+            Block("p", "Emotion probe on the emotion vector, accuracy on each emotion's held-out clips."),
+            Block("table", items=rows)]
+
+
+def _sampling(results: list[StageResult]) -> list[Block]:
+    rows = [["stage", "setting", "prompts", "stop rate", "length ratio mean", "length ratio median", "mean codes"]]
+    for r in results:
+        for name, s in r.sampling.items():
+            rows.append([r.name, name, str(s["n"]), _pct(s["stop_rate"]), _num(s["length_ratio_mean"], ".2f"),
+                         _num(s["length_ratio_median"], ".2f"), _num(s["mean_codes"], ".1f")])
+    return [Block("h2", "Sampling sanity"),
+            Block("p", "Codes generated with the KV cache for the first held-out rows (their own prompt and text; "
+                       "training mel positions). Stop rate: share that emitted the stop token before 3× the "
+                       "reference length; length ratio: generated / reference codes. top_p = temperature 0.8, "
+                       "top-k 30, top-p 0.8."),
+            Block("table", items=rows)]
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    out = []
+    for blk in blocks:
+        if blk.kind in ("h1", "h2"):
+            out.append(("# " if blk.kind == "h1" else "## ") + blk.text)
+        elif blk.kind == "p":
+            out.append(blk.text)
+        elif blk.kind == "list":
+            out.append("\n".join(f"- {item}" for item in blk.items))
+        elif blk.kind == "table":
+            header, *rows = blk.items
+            esc = [[str(c).replace("|", "\\|") for c in row] for row in blk.items]
+            lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(row) + " |" for row in esc[1:]]
+            out.append("\n".join(lines))
+        elif blk.kind == "img":
+            out.append(f"![{blk.text}]({blk.items[0].name})")
+    return "\n\n".join(out) + "\n"
+
+
+def render_html(blocks: list[Block], title: str = "indextts-ray evaluation report") -> str:
+    e = html.escape
+    body = []
+    for blk in blocks:
+        if blk.kind in ("h1", "h2", "p"):
+            body.append(f"<{blk.kind}>{e(blk.text)}</{blk.kind}>")
+        elif blk.kind == "list":
+            body.append("<ul>" + "".join(f"<li>{e(str(i))}</li>" for i in blk.items) + "</ul>")
+        elif blk.kind == "table":
+            header, *rows = blk.items
+            head = "".join(f"<th>{e(str(c))}</th>" for c in header)
+            trs = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
+        elif blk.kind == "img":
+            body.append(f'<p><img src="{e(blk.items[0].name)}" alt="{e(blk.text)}"></p>')
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:left;font-size:90%}img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
+            f"<style>{style}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def draw_plots(results: list[StageResult], out: Path) -> dict[str, Path | None]:
+    """Every plot of the report into `out`; plot id -> file (None where its data are absent)."""
+    curves = {r.name: r.curves for r in results}
+    images: dict[str, Path | None] = {
+        "loss_curves": plots.plot_loss_curves(curves, out / "loss_curves.png",
+                                              {r.name: r.losses["val_loss"] for r in results}),
+        "speaker_band": plots.plot_speaker_band(curves, {r.name: r.band for r in results}, out / "speaker_band.png"),
+        "probes": plots.plot_probe_bars({r.name: r.probes for r in results}, PROBE_TITLES, out / "probes.png"),
+        "throughput": plots.plot_throughput(curves, out / "throughput.png"),
+    }
+    for r in results:
+        images[f"confusion_{r.name}"] = plots.plot_confusion(
+            r.probes.get("emotion_from_emovec"), f"{r.name}: emotion ← emotion vector", out / f"confusion_{r.name}.png")
+        images[f"clusters_{r.name}"] = plots.plot_clusters(r.embeddings, r.emotion_labels, r.name,
+                                                           out / f"clusters_{r.name}.png")
+    return images
+
+
+def write_report(results: list[StageResult], out_dir: Path, data_dir: Path, options: EvalOptions) -> dict:
+    """Render and write the report directory atomically (module doc); returns the `report.json` content."""
+    out_dir = Path(out_dir).absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        images = draw_plots(results, tmp)
+        blocks = build_blocks(results, images, data_dir, options)
+        (tmp / "report.md").write_text(render_markdown(blocks), encoding="utf-8")
+        (tmp / "report.html").write_text(render_html(blocks), encoding="utf-8")
+        summary = {
+            "stages": [r.to_json() for r in results],
+            "flat": flat_metrics(results),
+            "checks": [{"ok": ok, "text": text} for ok, text in goal_checks(results)],
+            "images": sorted(p.name for p in images.values() if p is not None),
+        }
+        (tmp / "report.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    """Swap `new` in as `final` (two renames; the old report is removed only after the new one is in place)."""
+    old = final.parent / f".{final.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)

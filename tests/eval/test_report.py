@@ -1,0 +1,140 @@
+"""The stage report end to end on tiny exports + tiny shards + fake training metrics: every plot, both formats,
+the CLI, atomic replacement."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from indextts_ray.cli import main as cli_main
+from indextts_ray.eval import plots
+from indextts_ray.eval.evaluate import EvalOptions, evaluate_and_report, stage_names
+from indextts_ray.model.checkpoint_io import export_checkpoint
+from indextts_ray.model.training import TrainingModel
+from tests.train.conftest import write_dataset
+
+from .conftest import REPO, tiny_cfg
+
+PNG = b"\x89PNG\r\n\x1a\n"
+OPTIONS = EvalOptions(max_items=40, n_prompts=4, device="cpu")
+
+
+def fake_metrics(stage: int, steps: int = 20) -> list[dict]:
+    rows = []
+    for s in range(1, steps + 1):
+        m = {"step": s, "mel_loss": 4.2 - 0.05 * s - 0.3 * stage, "text_loss": 5.5 - 0.02 * s,
+             "mel_top1": 0.02 * s, "padding": 0.05 + 0.001 * s, "tokens_per_s": 1000.0 + 10 * s,
+             "grl_lambda": 1.0, "speaker_weight": 0.0}
+        if stage == 2:
+            m |= {"speaker_acc": 0.9 - 0.03 * s, "grl_lambda": 1.0 + 0.1 * s, "speaker_weight": 0.1}
+        rows.append(m)
+        if s % 10 == 0:
+            rows.append({"step": s, "val_loss": 4.0 - 0.04 * s - 0.3 * stage, "val_mel_top1": 0.02 * s})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """runs/stage{1,2,3}/{final,metrics.jsonl} (stage 2 with a band in its resolved config) + prepared shards."""
+    root = tmp_path_factory.mktemp("evalrun")
+    data = write_dataset(root / "prepared", n_train=24, n_val=40)
+    cfg = tiny_cfg()
+    exports = {}
+    for stage in (1, 2, 3):
+        torch.manual_seed(stage)
+        run = root / "runs" / f"stage{stage}"
+        exports[f"stage{stage}"] = export_checkpoint(TrainingModel(cfg, n_speakers=4), run / "final")
+        (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in fake_metrics(stage)))
+    (root / "runs" / "stage2" / "config.resolved.yaml").write_text("train:\n  band: {low: 0.25, high: 0.55}\n")
+    return root, data, exports
+
+
+def test_report_renders_every_plot_and_both_formats(tiny_run):
+    root, data, exports = tiny_run
+    out = root / "report"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older report")
+    summary = evaluate_and_report(exports, data, out, OPTIONS)
+
+    expected = {"loss_curves.png", "speaker_band.png", "probes.png", "throughput.png",
+                *(f"confusion_stage{n}.png" for n in (1, 2, 3)), *(f"clusters_stage{n}.png" for n in (1, 2, 3))}
+    assert set(summary["images"]) == expected
+    assert {p.name for p in out.iterdir()} == expected | {"report.md", "report.html", "report.json"}  # stale.txt gone
+    assert all((out / name).read_bytes().startswith(PNG) for name in expected)
+    assert not list(root.glob(".report*"))  # no temp or old copy left behind
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for name in expected:
+        assert f"]({name})" in md and f'src="{name}"' in page
+
+    stages = summary["stages"]
+    assert [s["name"] for s in stages] == ["stage1", "stage2", "stage3"]
+    for s in stages:
+        assert s["n_rows"] == 40 and s["n_clips"] == 40
+        # a fresh tiny model: mel loss near ln(66 codes), text near ln(257 pieces)
+        assert abs(s["losses"]["val_loss"] - math.log(66)) < 0.6
+        assert abs(s["losses"]["val_text_loss"] - math.log(257)) < 0.8
+        for key in ("emotion_from_emovec", "speaker_from_emovec", "speaker_from_latents"):
+            p = s["probes"][key]
+            assert 0 <= p["accuracy"] <= 1 and 0 < p["chance"] < 1 and p["n_train"] + p["n_test"] <= 40
+        assert s["probes"]["speaker_from_latents"]["labels"] == ["spk0", "spk1", "spk2", "spk3"]
+        assert set(s["sampling"]) == {"greedy", "top_p"} and s["sampling"]["greedy"]["n"] == 4
+    # the tiny dataset's prompt features are speaker means + noise: even an untrained conditioner keeps that
+    assert stages[0]["probes"]["speaker_from_latents"]["accuracy"] > 0.9
+    assert stages[0]["losses"] != stages[1]["losses"]  # different weights, different numbers
+    assert [c["text"].split(":")[0] for c in summary["checks"]] == [
+        "speaker probe on the emotion vector falls after Stage 2", "stage1", "stage2", "stage3", "Stage 3 keeps both (±5%)"]
+    assert "| stage | val mel loss |" in md and "<th>stage</th>" in page
+    assert "Per-emotion accuracy" in md and "Sampling sanity" in md
+
+
+def test_failed_report_keeps_the_previous_one(tiny_run, monkeypatch):
+    root, data, exports = tiny_run
+    out = root / "kept"
+    out.mkdir()
+    (out / "report.md").write_text("previous")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(plots, "plot_throughput", boom)
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        evaluate_and_report({"stage1": exports["stage1"]}, data, out, EvalOptions(max_items=12, n_prompts=2,
+                                                                                  device="cpu"))
+    assert (out / "report.md").read_text() == "previous" and not list(root.glob(".kept*"))
+
+
+def test_cli_eval_single_export_and_usage_errors(tiny_run, capsys):
+    root, data, exports = tiny_run
+    out = root / "cli-report"
+    rc = cli_main(["eval", "--export", str(exports["stage3"]), "--data", str(data), "--out", str(out),
+                   "--max-items", "16", "--prompts", "2", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert "report:" in capsys.readouterr().out
+    summary = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == ["stage3"] and summary["stages"][0]["n_rows"] == 16
+    assert "speaker_band.png" not in summary["images"]  # stage 3 had no speaker adversary
+    assert cli_main(["eval", "--export", str(data), "--data", str(data), "--out", str(out)]) == 2
+    assert "not an export directory" in capsys.readouterr().err
+
+
+def test_stage_names_from_export_paths(tmp_path):
+    paths = [tmp_path / "runs/stage1/final", tmp_path / "runs/stage2/best", tmp_path / "export",
+             tmp_path / "other/export", tmp_path / "runs/stage3/step-00000010"]
+    assert stage_names(paths) == ["stage1", "stage2", "export", "export-2", "stage3"]
+
+
+def test_pipeline_eval_step_writes_the_work_dir_report(tiny_run):
+    from indextts_ray.config import load_config
+    from indextts_ray.pipeline.steps import build_graph, run_eval
+
+    root, _, _ = tiny_run  # laid out like a pipeline work dir: prepared/, runs/stage{1,2,3}/final
+    cfg = load_config(REPO / "configs/pipeline/demo.yaml", [f"pipeline.work_dir={root}", "pipeline.eval.max_items=10"])
+    graph = {s.name: s for s in build_graph(cfg)}
+    assert graph["eval"].deps == ("export",)
+    metrics = run_eval(cfg)
+    assert metrics["report"] == str(root / "report" / "report.md")
+    assert set(metrics) >= {"stage1/val_loss", "stage2/speaker_from_emovec", "stage3/stop_rate"}
+    assert json.loads((root / "report" / "report.json").read_text())["stages"][0]["n_rows"] == 10
+    off = load_config(REPO / "configs/pipeline/demo.yaml", [f"pipeline.work_dir={root}", "pipeline.eval.enabled=false"])
+    assert "eval" not in {s.name for s in build_graph(off)}

@@ -1,0 +1,121 @@
+"""The Stage-2 search: space validation, trial naming, PBT lineage, and a real 2-trial Tune run that resumes."""
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from indextts_ray.config import load_config
+from indextts_ray.errors import ConfigError, UserError
+from indextts_ray.train.export import export_run
+from indextts_ray.tune.config import TuneConfig
+from indextts_ray.tune.search import _lineage, check_space, param_space, run_tune, trial_config, trial_name
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "configs/tune/demo.yaml"
+
+
+def test_space_keys_and_ranges_are_checked_against_the_schema():
+    check_space(load_config(DEMO))
+    with pytest.raises(ConfigError, match=r"did you mean 'train.grl_lambda'"):
+        check_space(load_config(DEMO, ["tune.space={train.grl_lamda: {kind: uniform, low: 1, high: 2}}"]))
+    with pytest.raises(ConfigError, match=r"train.band.ki_lambda"):
+        check_space(load_config(DEMO, ["tune.space={train.band.ki_lambda: {kind: choice, values: [-1.0]}}"]))
+    with pytest.raises(ConfigError, match="multiple of train.checkpoint.every_steps"):
+        check_space(load_config(DEMO, ["tune.scheduler=pbt", "tune.perturbation_interval=30"]))
+
+
+def test_tune_config_rejects_inconsistent_settings():
+    with pytest.raises(ValueError, match="needs low and high"):
+        TuneConfig(space={"train.lr": {"kind": "loguniform", "low": 1e-4}})
+    with pytest.raises(ValueError, match="multiple of window_steps"):
+        TuneConfig(scheduler="pbt", perturbation_interval=25, window_steps=10, space={
+            "train.lr": {"kind": "uniform", "low": 1e-4, "high": 1e-3}})
+    with pytest.raises(ValueError, match="pb2 models continuous values only"):
+        TuneConfig(scheduler="pb2", space={"train.lr": {"kind": "choice", "values": [1e-4]}})
+
+
+def test_param_space_is_nested_like_the_config():
+    space = param_space(load_config(DEMO).tune)
+    assert set(space["train"]) == {"grl_lambda", "loss", "lr", "band"}
+    assert set(space["train"]["band"]) == {"ki_lambda", "ki_weight"}
+
+
+def test_trial_names_are_index_plus_hash_of_the_sampled_values():
+    a = SimpleNamespace(trial_id="ab12c_00003", config={"train": {"lr": 1e-3}})
+    b = SimpleNamespace(trial_id="zz99z_00003", config={"train": {"lr": 1e-3}})
+    c = SimpleNamespace(trial_id="ab12c_00003", config={"train": {"lr": 2e-3}})
+    assert trial_name(a) == trial_name(b) and trial_name(a).startswith("t003-")
+    assert trial_name(a) != trial_name(c)
+
+
+def test_trial_config_and_pbt_lineage(tmp_path):
+    base = load_config(DEMO, ["tune.max_steps=40"]).model_dump(mode="json")
+    cfg = trial_config(base, {"train": {"grl_lambda": 2.5}}, {"run": "t000-x", "offset": 0}, tmp_path)
+    assert (cfg.run.name, cfg.run.output_dir, cfg.train.max_steps, cfg.train.grl_lambda) == \
+        ("t000-x", str(tmp_path), 40, 2.5)
+    assert _lineage("t001-y", None, None, tmp_path) == [{"run": "t001-y", "offset": 0}]
+    own = {"trial": "t001-y", "step": 20, "segments": [{"run": "t001-y", "offset": 0}]}
+    assert _lineage("t001-y", own, None, tmp_path) == own["segments"]
+    donor_ckpt = tmp_path / "ckpt"
+    (donor_ckpt / "export").mkdir(parents=True)
+    (donor_ckpt / "export" / "gpt.pth").write_text("weights")
+    donor = {"trial": "t000-x", "step": 20, "segments": [{"run": "t000-x", "offset": 0}]}
+    segments = _lineage("t001-y", donor, donor_ckpt, tmp_path)
+    init = tmp_path / "t001-y-s000020.init"
+    assert segments == [{"run": "t000-x", "offset": 0}, {"run": "t001-y-s000020", "offset": 20, "init": str(init)}]
+    assert (init / "gpt.pth").read_text() == "weights"
+    seg = trial_config(base, {}, segments[-1], tmp_path)
+    assert (seg.train.max_steps, seg.train.init_checkpoint, seg.train.warmup_steps) == (20, str(init), 0)
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+def test_tiny_search_completes_then_resumes(tiny_dataset, ray_local, tmp_path):
+    """2 trials (a grid over init_checkpoint): the second fails until its checkpoint exists; a rerun resumes it
+    without retraining the first, and a third run finds everything done."""
+    missing = tmp_path / "stage2-init"
+    cfg = load_config(DEMO, [
+        f"train.data_dir={tiny_dataset}", f"run.output_dir={tmp_path}", "run.name=search",
+        f"train.speaker_mapping={tiny_dataset / 'speaker_mapping.json'}", "train.init_checkpoint=null",
+        "train.batch.max_tokens=400", "train.logging.every_steps=1", "train.warmup_steps=2",
+        "train.eval_every_steps=6", "train.checkpoint.every_steps=6", "train.scaling.cpus_per_worker=0.45",
+        "tune.num_samples=1", "tune.max_steps=6", "tune.window_steps=2", "tune.grace_steps=2",
+        "tune.poll_seconds=0.5",
+        f"tune.space={{train.init_checkpoint: {{kind: grid, values: [null, {missing}]}}}}",
+    ])
+    first = run_tune(cfg)
+    exp = tmp_path / "search"
+    status = {r["trial"]: r["status"] for r in first.rows}
+    assert not first.restored and sorted(status.values()) == ["done", "error"], status
+    done = next(t for t, s in status.items() if s == "done")
+    assert first.best_trial == done and (exp / "final" / "gpt.pth").exists()
+    assert (exp / "band.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = load_config(first.best_config)
+    assert best.run.name == "search-best" and best.train.init_checkpoint is None
+    with open(exp / "results.csv") as f:
+        assert [r["trial"] for r in csv.DictReader(f)] == sorted(status)
+    metrics = exp / "runs" / done / "metrics.jsonl"
+    n_done = _lines(metrics)
+    assert n_done >= 6
+
+    export_run(exp / "runs" / done, missing)  # now the second trial's init checkpoint exists
+    second = run_tune(cfg)
+    assert second.restored and {r["status"] for r in second.rows} == {"done"}
+    assert _lines(metrics) == n_done  # the finished trial was not trained again
+    resumed = next(r for r in second.rows if r["trial"] != done)
+    assert resumed["steps"] == 6 and resumed["param:train.init_checkpoint"] == str(missing)
+    n_resumed = _lines(exp / "runs" / resumed["trial"] / "metrics.jsonl")
+
+    third = run_tune(cfg)
+    assert third.restored and [r["band_score"] for r in third.rows] == [r["band_score"] for r in second.rows]
+    assert _lines(exp / "runs" / resumed["trial"] / "metrics.jsonl") == n_resumed
+    assert json.loads((exp / "final" / "tune_source.json").read_text())["trial"] == third.best_trial
+
+    changed = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"mel_penalty": 2.0})})
+    with pytest.raises(UserError, match="another config"):
+        run_tune(changed)
