@@ -151,7 +151,7 @@ def submit_pipeline(cfg: Config, config_path: Path, overrides: list[str], addres
     return job_ids
 
 
-def _submit(client, entrypoint: str, submission_id: str, wait_s: float = 90.0) -> str:
+def _submit(client, entrypoint: str, submission_id: str, wait_s: float = 300.0) -> str:
     """Submit, retrying while a freshly started head's job agent is not up yet."""
     deadline = time.time() + wait_s
     while True:

@@ -82,7 +82,7 @@ def test_submit_runs_steps_as_ray_jobs(tmp_path, monkeypatch):
          "--dashboard-host=127.0.0.1", f"--dashboard-port={port}", "--disable-usage-stats"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 300  # a loaded 2-core box can take minutes to start a head
         while time.time() < deadline:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=2)
