@@ -123,13 +123,16 @@ def test_sigkill_worker_resumes_and_matches_uninterrupted_run(tiny_dataset, ray_
     while time.time() < deadline and not (snapshot.exists() and "step-00000003" in snapshot.read_text()):
         time.sleep(0.2)
     assert snapshot.exists(), "no checkpoint registered in time"
-    os.kill(int((run_dir / "workers" / "rank1.pid").read_text()), signal.SIGKILL)
-    thread.join(timeout=300)
+    killed_pid = int((run_dir / "workers" / "rank1.pid").read_text())
+    os.kill(killed_pid, signal.SIGKILL)
+    thread.join(timeout=600)
     assert "result" in done
+    assert int((run_dir / "workers" / "rank1.pid").read_text()) != killed_pid  # the group really restarted
 
     ref_m, m = read_metrics(tmp_path / "ref"), read_metrics(run_dir)
-    assert _state(run_dir)["progress"]["step"] == _state(tmp_path / "ref")["progress"]["step"] == 12
-    for step in range(1, 13):
+    # 96 rows -> 6 batches -> 3 steps of 2 ranks per epoch, 3 epochs
+    assert _state(run_dir)["progress"]["step"] == _state(tmp_path / "ref")["progress"]["step"] == 9
+    for step in range(1, 10):
         assert m[step]["mel_loss"] == pytest.approx(ref_m[step]["mel_loss"], rel=1e-4, abs=1e-5), step
     # every row at most once per epoch (a replayed step after the restart counts once)
     for epoch, ids in consumed_ids(run_dir).items():
