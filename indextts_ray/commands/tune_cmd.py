@@ -16,7 +16,8 @@ HELP = ("Search Stage-2 settings (GRL λ, speaker-loss weight, lr, band-controll
 EXAMPLES = [
     "indextts-ray tune --config configs/tune/demo.yaml train.data_dir=demo_out/prepared",
     "indextts-ray tune --config configs/tune/stage2.yaml train.data_dir=data/prepared tune.num_samples=16",
-    "indextts-ray tune --config configs/tune/demo.yaml tune.scheduler=pbt tune.num_samples=4",
+    "indextts-ray tune --config configs/tune/stage2.yaml train.data_dir=data/prepared tune.scheduler=pbt "
+    "tune.max_concurrent_trials=4",
 ]
 
 

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from indextts_ray.config import Config
 from indextts_ray.data.bucketing import BucketingSettings, RankSchedule, padding_fraction, plan_epoch
 from indextts_ray.data.speakers import load_speaker_mapping
+from indextts_ray.errors import UserError
 from indextts_ray.io_utils import atomic_write_json
 from indextts_ray.model.checkpoint_io import export_checkpoint, load_init_checkpoint
 from indextts_ray.model.flops import flops_per_token, gpt_seq_len
@@ -251,7 +252,12 @@ def rollback(run_dir: Path, model, optimizer, scheduler, scaler, progress: Progr
 
     keep = {"grl_lambda": progress.grl_lambda, "speaker_weight": progress.speaker_weight, "band": progress.band,
             "rollbacks": progress.rollbacks + 1, "world_size": progress.world_size, "grad_accum": progress.grad_accum}
-    ckpt = latest_checkpoint(run_dir)
+    try:
+        ckpt = latest_checkpoint(run_dir)
+    except UserError:  # diverged before the first checkpoint: keep the lowered λ/weight, nothing to reload
+        if rank == 0:
+            log.warning("divergence before the first checkpoint: continuing with the lowered λ/weight")
+        return
     restored, _ = load_state(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     for k, v in {**asdict(restored), **keep}.items():
         setattr(progress, k, v)

@@ -93,7 +93,8 @@ class TuneConfig(StrictModel):
     reduction_factor: int = Field(3, ge=2, description="ASHA: keep 1/factor of the trials at each rung")
     perturbation_interval: int = Field(200, gt=0, description="PBT/PB2: steps between exploit/explore")
     max_concurrent_trials: int = Field(1, ge=1, description="trials at once (each holds its train workers)")
-    trial_cpus: float = Field(0.1, ge=0, description="CPU of the trial process itself (workers get theirs)")
+    trial_cpus: float = Field(0.1, ge=0, description="CPU of the trial process itself (its workers reserve "
+                              "train.scaling; Ray Data's read tasks need 1 whole free CPU besides)")
     poll_seconds: float = Field(2.0, gt=0, description="how often a trial reads its run's metrics.jsonl")
 
     @model_validator(mode="after")
