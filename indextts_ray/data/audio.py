@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
 
 from indextts_ray.data.config import DataConfig
 from indextts_ray.data.manifest import Rejection
@@ -78,6 +76,10 @@ def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
     """Windowed-sinc resampling (torchaudio defaults, as IndexTTS2 and community trainers use)."""
     if sr == target:
         return np.ascontiguousarray(wav, dtype=np.float32)
+    # imported here: the metadata scan's worker processes use this module's header reader without torch
+    import torch
+    import torchaudio.functional as AF
+
     g = np.gcd(sr, target)  # torchaudio's kernel size grows with the reduced rates
     out = AF.resample(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), sr // g, target // g)
     return out.numpy()

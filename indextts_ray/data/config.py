@@ -109,6 +109,9 @@ class DataConfig(StrictModel):
     shard_rows: int = Field(2000, gt=0)
     shard_mb: float = Field(512.0, gt=0.0)
 
+    # processes for the metadata scan (the manifest is read in ~8 MiB ranges of whole lines); 1 = in this
+    # process. Same result either way.
+    scan_workers: int = Field(2, ge=1)
     # Ray Data workers for the audio/feature stage; 0 = no Ray, shards written one by one in this process
     # (small corpora, debugging; the shards are byte-identical either way)
     workers: int = Field(2, ge=0)

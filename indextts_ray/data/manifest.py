@@ -69,6 +69,17 @@ def detect_format(path: str | os.PathLike) -> str:
 
 def iter_manifest(path: str | os.PathLike, fmt: str = "auto") -> Iterator[RawRow]:
     """Yield every non-blank line of `path` as a `RawRow` (lazily; the file is never loaded whole)."""
+    path, fmt = check_manifest(path, fmt)
+    source = str(path)
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            row = parse_line(raw, lineno, source, fmt, first_in_file=lineno == 1)
+            if row is not None:
+                yield row
+
+
+def check_manifest(path: str | os.PathLike, fmt: str) -> tuple[Path, str]:
+    """(path, format) after checking that the file exists and resolving `auto`."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"manifest not found: {path} (set data.manifest, relative to data.root)")
@@ -76,21 +87,36 @@ def iter_manifest(path: str | os.PathLike, fmt: str = "auto") -> Iterator[RawRow
         fmt = detect_format(path)
     if fmt not in FORMATS:
         raise DataError(f"unknown manifest format {fmt!r}; use one of {', '.join(FORMATS)}")
-    parse = _parse_melo if fmt == "melotts" else _parse_json
-    source = str(path)
+    return path, fmt
+
+
+def parse_line(raw: bytes, lineno: int, source: str, fmt: str, first_in_file: bool = False) -> RawRow | None:
+    """One manifest line (with or without its newline) as a `RawRow`; None for a blank line."""
+    if first_in_file and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # UTF-8 byte order mark written by some editors
+    if not raw.strip():
+        return None
+    try:
+        text = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        return RawRow(source, lineno, None, Rejection("bad_utf8", f"invalid UTF-8 at byte {e.start}"))
+    fields, error = (_parse_melo if fmt == "melotts" else _parse_json)(text)
+    return RawRow(source, lineno, fields, error)
+
+
+def line_ranges(path: str | os.PathLike, chunk_bytes: int) -> list[tuple[int, int]]:
+    """Split a file into byte ranges of about `chunk_bytes` that start at line starts (whole lines only)."""
+    size = os.path.getsize(path)
+    bounds = [0]
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # UTF-8 byte order mark written by some editors
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                yield RawRow(source, lineno, None, Rejection("bad_utf8", f"invalid UTF-8 at byte {e.start}"))
-                continue
-            fields, error = parse(text)
-            yield RawRow(source, lineno, fields, error)
+        while bounds[-1] + chunk_bytes < size:
+            f.seek(bounds[-1] + chunk_bytes - 1)
+            f.readline()  # to the end of the line holding the byte before the nominal boundary
+            if f.tell() >= size:
+                break
+            bounds.append(f.tell())
+    bounds.append(size)
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def count_blank_lines(path: str | os.PathLike) -> int:

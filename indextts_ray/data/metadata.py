@@ -1,21 +1,30 @@
 """Metadata stage: stream the manifest, validate fields and text, normalise, tokenise. No audio is decoded.
 
-    manifest lines --check_fields--> duplicate ids --raw text--> normalise --speakable?--> audio exists,
-    duration (declared or header) in range --> accepted table (Arrow, manifest order)  + rejected rows
+    manifest --byte ranges of whole lines (~8 MiB), on `data.scan_workers` processes, each range:
+                 lines --check_fields--> raw text --normalise--> speakable? --> audio exists, duration
+                 (declared or header) in range --> accepted rows (Arrow) + rejected rows
+             --in manifest order: global line numbers, duplicate ids (first kept)-->
+    accepted table (Arrow, manifest order) + rejected rows
     accepted table --tokenise--> text_ids, n_text (text_too_long rejected)
 
 Accepted rows are kept as Arrow record batches (not Python objects) so millions of rows stay in a few
-hundred MB.
+hundred MB. The result does not depend on the range size or the number of processes: a row's checks use
+only the row, and the one check across rows (duplicate ids) runs on the merged id column.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +32,7 @@ import pyarrow.compute as pc
 
 from indextts_ray.data.audio import header_duration
 from indextts_ray.data.config import DataConfig
-from indextts_ray.data.manifest import RawRow, Rejection, count_blank_lines, detect_format, iter_manifest
+from indextts_ray.data.manifest import RawRow, Rejection, check_manifest, line_ranges, parse_line
 from indextts_ray.data.tokenizer import Tokenizer
 from indextts_ray.data.validate import (
     RowContext,
@@ -44,7 +53,10 @@ META_SCHEMA = pa.schema([
     ("declared_duration", pa.bool_()), ("prompt_audio_path", pa.string()), ("emotion_audio_path", pa.string()),
     ("codes_path", pa.string()),
 ])
+# what a range returns for its accepted rows: + whether the language was detected (counted after dedup)
+_RANGE_SCHEMA = META_SCHEMA.append(pa.field("language_detected", pa.bool_()))
 _BATCH_ROWS = 50_000
+CHUNK_BYTES = 8 << 20  # ~40k JSONL rows: large enough to amortise a task, small enough to bound a worker's memory
 
 
 @dataclass
@@ -79,93 +91,225 @@ def reject_row(source: str, line: int, row_id: str | None, r: Rejection) -> dict
     return {"source": source, "line": line, "id": row_id, "reason": r.code, "detail": r.detail}
 
 
-def scan_manifest(cfg: DataConfig, emotion_labels: list[str]) -> MetadataScan:
-    """Validate every manifest row's metadata; return the accepted rows and the rejected ones."""
+def scan_manifest(cfg: DataConfig, emotion_labels: list[str], chunk_bytes: int = CHUNK_BYTES) -> MetadataScan:
+    """Validate every manifest row's metadata; return the accepted rows and the rejected ones.
+
+    Args:
+        cfg: the `data` section (`scan_workers` processes read ranges of about `chunk_bytes` in parallel).
+        emotion_labels: the model's emotion labels (a row's emotion must be one of them).
+        chunk_bytes: the size of one range of whole lines; the result is the same for any value.
+    """
     manifest, root = resolve_inputs(cfg)
-    fmt = detect_format(manifest) if cfg.format == "auto" else cfg.format
-    ctx = RowContext(manifest.parent, root, emotion_labels, fmt)
-    scan = MetadataScan(pa.table({}), [], 0, manifest, root, fmt, blank_lines=count_blank_lines(manifest))
-    seen: set[str] = set()
+    manifest, fmt = check_manifest(manifest, cfg.format)
+    job = _ScanJob(str(manifest), str(root), fmt, list(emotion_labels), cfg)
+    ranges = line_ranges(manifest, chunk_bytes)
+    scan = MetadataScan(pa.table({}), [], 0, manifest, root, fmt)
     batches: list[pa.RecordBatch] = []
-    cols: dict[str, list] = {name: [] for name in META_SCHEMA.names}
-    t0 = time.monotonic()
-    for raw in iter_manifest(manifest, fmt):
-        scan.rows_in += 1
-        row = _check_row(raw, ctx, cfg, seen, scan)
-        if isinstance(row, dict):
-            for k, v in row.items():
-                cols[k].append(v)
-            if len(cols["id"]) >= _BATCH_ROWS:
-                batches.append(_flush(cols, scan))
-                cols = {name: [] for name in META_SCHEMA.names}
-        if scan.rows_in % 200_000 == 0:
+    rejected: list[_Rejected] = []
+    ignored: Counter = Counter()
+    lines_before, t0 = 0, time.monotonic()
+    for part in _scan_ranges(job, ranges, cfg.scan_workers):
+        # line numbers in a range count from its first line: make them the file's
+        acc = part.accepted
+        batches.append(pa.RecordBatch.from_arrays(
+            [pc.add(c, lines_before) if name == "line" else c for name, c in zip(acc.schema.names, acc.columns)],
+            schema=acc.schema))
+        rejected += [r._replace(line=r.line + lines_before) for r in part.rejected]
+        lines_before += part.lines
+        scan.rows_in += part.rows_in
+        scan.blank_lines += part.lines - part.rows_in
+        scan.leftover_chars.update(part.leftover_chars)
+        ignored.update(part.ignored_fields)
+        if len(ranges) > 1:
             log.info("metadata: %d rows read (%.0f rows/s)", scan.rows_in, scan.rows_in / (time.monotonic() - t0))
-    batches.append(_flush(cols, scan))
-    scan.table = pa.Table.from_batches(batches, schema=META_SCHEMA)
-    scan.ignored_fields = dict(sorted(ctx.ignored_fields.items()))
+    _drop_duplicate_ids(scan, batches, rejected)
+    scan.ignored_fields = dict(sorted(ignored.items()))
     return scan
 
 
-def _flush(cols: dict[str, list], scan: MetadataScan) -> pa.RecordBatch:
-    # one call per batch: building a Counter per row was a large share of the scan's time
-    scan.leftover_chars.update(leftover_characters("".join(cols["text_norm"])))
-    return pa.RecordBatch.from_pydict(cols, schema=META_SCHEMA)
+@dataclass
+class _ScanJob:
+    """What every range needs (picklable: sent once to each worker process)."""
+
+    manifest: str
+    root: str
+    format: str
+    emotion_labels: list[str]
+    cfg: DataConfig
 
 
-def _check_row(raw: RawRow, ctx: RowContext, cfg: DataConfig, seen: set[str], scan: MetadataScan) -> dict | None:
-    """One row's metadata checks; appends to `scan.rejected` and returns None when it is rejected."""
+class _Rejected(NamedTuple):
+    line: int
+    id: str | None
+    reason: Rejection
+    passed_fields: bool  # the row passed `check_fields`, so its id counts for duplicate detection
+    duration_from_header: bool
+
+
+@dataclass
+class _RangeResult:
+    lines: int  # lines in the range, blank ones included
+    rows_in: int
+    accepted: pa.RecordBatch  # _RANGE_SCHEMA, line numbers relative to the range
+    rejected: list[_Rejected]
+    ignored_fields: Counter
+    leftover_chars: Counter  # over the accepted rows' text_norm
+
+
+def _scan_ranges(job: _ScanJob, ranges: list[tuple[int, int]], workers: int) -> Iterator[_RangeResult]:
+    """Each range's result, in file order: in this process, or on `workers` processes."""
+    workers = min(workers, len(ranges))
+    if workers <= 1:
+        yield from (_scan_range(job, r) for r in ranges)
+        return
+    # spawn: a clean interpreter (no fork of a process that may run Ray's threads); the workers are direct
+    # children, so their peak memory shows in getrusage(RUSAGE_CHILDREN)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_set_worker_job, initargs=(job,)) as pool:
+        try:
+            yield from pool.map(_scan_range_in_worker, ranges)
+        except BrokenProcessPool as e:
+            raise DataError(f"a metadata scan worker process died ({e}); it may have run out of memory, or a "
+                            "script that calls prepare lacks `if __name__ == '__main__':` (worker processes "
+                            "import the main module); data.scan_workers=1 scans in this process") from None
+
+
+_WORKER_JOB: _ScanJob | None = None
+
+
+def _set_worker_job(job: _ScanJob) -> None:
+    global _WORKER_JOB
+    _WORKER_JOB = job
+
+
+def _scan_range_in_worker(byte_range: tuple[int, int]) -> _RangeResult:
+    return _scan_range(_WORKER_JOB, byte_range)
+
+
+def _scan_range(job: _ScanJob, byte_range: tuple[int, int]) -> _RangeResult:
+    """Check every row of one range of whole lines (everything but duplicate ids)."""
+    start, end = byte_range
+    with open(job.manifest, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    lines = data.split(b"\n")
+    if lines[-1] == b"":  # the range ends with a newline (or is empty)
+        lines.pop()
+    ctx = RowContext(Path(job.manifest).parent, Path(job.root), job.emotion_labels, job.format)
+    cols: dict[str, list] = {name: [] for name in _RANGE_SCHEMA.names}
+    rejected: list[_Rejected] = []
+    rows_in = 0
+    for lineno, raw in enumerate(lines, start=1):
+        row = parse_line(raw, lineno, job.manifest, job.format, first_in_file=start == 0 and lineno == 1)
+        if row is None:
+            continue
+        rows_in += 1
+        got = _check_row(row, ctx, job.cfg)
+        if isinstance(got, dict):
+            for k, v in got.items():
+                cols[k].append(v)
+        else:
+            rejected.append(got)
+    return _RangeResult(
+        lines=len(lines), rows_in=rows_in, accepted=pa.RecordBatch.from_pydict(cols, schema=_RANGE_SCHEMA),
+        rejected=rejected, ignored_fields=Counter(ctx.ignored_fields),
+        # one call per range: building a Counter per row was a large share of the scan's time
+        leftover_chars=leftover_characters("".join(cols["text_norm"])),
+    )
+
+
+def _check_row(raw: RawRow, ctx: RowContext, cfg: DataConfig) -> dict | _Rejected:
+    """One row's checks (all but duplicate ids): the accepted row's columns, or why it is rejected."""
     rec = check_fields(raw, ctx)
     if isinstance(rec, Rejection):
-        fields = raw.fields or {}
-        row_id = fields.get("id")
-        scan.rejected.append(reject_row(raw.source, raw.line, None if row_id is None else str(row_id), rec))
-        return None
+        row_id = (raw.fields or {}).get("id")
+        return _Rejected(raw.line, None if row_id is None else str(row_id), rec, False, False)
 
-    def reject(r: Rejection) -> None:
-        scan.rejected.append(reject_row(rec.source, rec.line, rec.id, r))
+    def reject(r: Rejection, from_header: bool = False) -> _Rejected:
+        return _Rejected(rec.line, rec.id, r, True, from_header)
 
-    if rec.id in seen:
-        reject(Rejection("duplicate_id", f"id {rec.id!r} appears on an earlier line"))
-        return None
-    seen.add(rec.id)
     bad = check_raw_text(rec.text)
     if bad:
-        reject(bad)
-        return None
+        return reject(bad)
     norm = normalize_with_config(rec.text, rec.language or None, cfg.text)
     bad = check_normalised_text(norm.text)
     if bad:
-        reject(bad)
-        return None
+        return reject(bad)
     for key in ("prompt_audio_path", "emotion_audio_path", "codes_path"):
         path = getattr(rec, key)
         if path is not None and not os.path.isfile(path):
-            reject(Rejection("bad_codes" if key == "codes_path" else "missing_audio", f"{key} {path} does not exist"))
-            return None
+            return reject(Rejection("bad_codes" if key == "codes_path" else "missing_audio",
+                                    f"{key} {path} does not exist"))
     duration = rec.duration
     if duration is None:
         got = header_duration(rec.audio_path)
         if isinstance(got, Rejection):
-            reject(got)
-            return None
+            return reject(got)
         duration = got
-        scan.counts["duration_from_header"] += 1
     elif not os.path.isfile(rec.audio_path):
-        reject(Rejection("missing_audio", f"{rec.audio_path} does not exist"))
-        return None
+        return reject(Rejection("missing_audio", f"{rec.audio_path} does not exist"))
     bad = check_duration(duration, cfg.min_duration, cfg.max_duration)
     if bad:
-        reject(bad)
-        return None
-    if norm.detected:
-        scan.counts["language_detected"] += 1
+        return reject(bad, from_header=rec.duration is None)
     return {
         "source": rec.source, "line": rec.line, "id": rec.id, "audio_path": rec.audio_path, "text": rec.text,
         "text_norm": norm.text, "speaker": rec.speaker, "language": norm.language, "emotion": rec.emotion,
         "emotion_id": rec.emotion_id, "duration": duration, "declared_duration": rec.duration is not None,
         "prompt_audio_path": rec.prompt_audio_path, "emotion_audio_path": rec.emotion_audio_path,
-        "codes_path": rec.codes_path,
+        "codes_path": rec.codes_path, "language_detected": norm.detected,
     }
+
+
+def _drop_duplicate_ids(scan: MetadataScan, batches: list[pa.RecordBatch], rejected: list[_Rejected]) -> None:
+    """The first row (in file order) that passed the field checks keeps its id; later ones are rejected.
+
+    Sets `scan.table`, `scan.rejected` (in line order) and the counts that only accepted rows contribute to.
+    """
+    candidates = [r for r in rejected if r.passed_fields]
+    lines = np.concatenate([b.column("line").to_numpy() for b in batches] +
+                           [np.array([r.line for r in candidates], dtype=np.int64)])
+    ids = pa.concat_arrays([b.column("id") for b in batches] + [pa.array([r.id for r in candidates], pa.string())])
+    order = np.argsort(lines, kind="stable")
+    # dictionary codes are given in order of first appearance: a row is the first with its id iff its code
+    # is above every earlier code
+    codes = pc.dictionary_encode(ids.take(pa.array(order))).indices.to_numpy()
+    dup = np.empty(len(order), dtype=bool)
+    dup[order] = codes <= np.r_[-1, np.maximum.accumulate(codes)[:-1]]
+
+    out: list[pa.RecordBatch] = []
+    rows: list[tuple[int, dict]] = []
+    source = str(scan.manifest)
+    at, detected, from_header = 0, 0, 0
+    for b in batches:
+        d = dup[at: at + b.num_rows]
+        at += b.num_rows
+        if d.any():
+            for i in np.flatnonzero(d):
+                row_id = b.column("id")[i].as_py()
+                rows.append((b.column("line")[i].as_py(), _duplicate(source, b.column("line")[i].as_py(), row_id)))
+            scan.leftover_chars.subtract(leftover_characters("".join(b.column("text_norm").filter(pa.array(d)).to_pylist())))
+            b = b.filter(pa.array(~d))
+        detected += int(pc.sum(b.column("language_detected")).as_py() or 0)
+        from_header += b.num_rows - int(pc.sum(b.column("declared_duration")).as_py() or 0)
+        out.append(b.drop_columns(["language_detected"]))
+    cand_dup = iter(dup[at:])
+    for r in rejected:
+        if r.passed_fields and next(cand_dup):
+            rows.append((r.line, _duplicate(source, r.line, r.id)))
+            continue
+        from_header += r.duration_from_header
+        rows.append((r.line, reject_row(source, r.line, r.id, r.reason)))
+    for key, n in (("language_detected", detected), ("duration_from_header", from_header)):
+        if n:
+            scan.counts[key] += n
+    rows.sort(key=lambda lr: lr[0])  # one rejection per line: line order is the single-pass order
+    scan.rejected = [r for _, r in rows]
+    scan.leftover_chars = +scan.leftover_chars  # drop characters whose count fell to zero
+    scan.table = pa.Table.from_batches(out, schema=META_SCHEMA)
+
+
+def _duplicate(source: str, line: int, row_id: str) -> dict:
+    return reject_row(source, line, row_id, Rejection("duplicate_id", f"id {row_id!r} appears on an earlier line"))
 
 
 def tokenize_table(scan: MetadataScan, tok: Tokenizer, max_text_tokens: int) -> None:

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 OUTPUTS = ("train", "val", "receipts", "features", "bpe.model", "plan.json", "rejected.parquet", "stats.json",
            "dataset.json")
 # keys that do not change the result (resources, where it goes)
-_NOT_FINGERPRINTED = {"workers", "cpus_per_worker", "gpus_per_worker", "output_dir"}
+_NOT_FINGERPRINTED = {"workers", "scan_workers", "cpus_per_worker", "gpus_per_worker", "output_dir"}
 
 
 @dataclass
