@@ -196,7 +196,7 @@ def _scan_range(job: _ScanJob, byte_range: tuple[int, int]) -> _RangeResult:
     if lines[-1] == b"":  # the range ends with a newline (or is empty)
         lines.pop()
     ctx = RowContext(Path(job.manifest).parent, Path(job.root), job.emotion_labels, job.format)
-    cols: dict[str, list] = {name: [] for name in _RANGE_SCHEMA.names}
+    accepted: list[tuple] = []
     rejected: list[_Rejected] = []
     rows_in = 0
     for lineno, raw in enumerate(lines, start=1):
@@ -205,21 +205,21 @@ def _scan_range(job: _ScanJob, byte_range: tuple[int, int]) -> _RangeResult:
             continue
         rows_in += 1
         got = _check_row(row, ctx, job.cfg)
-        if isinstance(got, dict):
-            for k, v in got.items():
-                cols[k].append(v)
-        else:
-            rejected.append(got)
+        (rejected if isinstance(got, _Rejected) else accepted).append(got)
+    cols = list(zip(*accepted)) or [() for _ in _RANGE_SCHEMA]
+    text_norm = cols[_RANGE_SCHEMA.get_field_index("text_norm")]
     return _RangeResult(
-        lines=len(lines), rows_in=rows_in, accepted=pa.RecordBatch.from_pydict(cols, schema=_RANGE_SCHEMA),
+        lines=len(lines), rows_in=rows_in,
+        accepted=pa.RecordBatch.from_arrays([pa.array(c, f.type) for c, f in zip(cols, _RANGE_SCHEMA)],
+                                            schema=_RANGE_SCHEMA),
         rejected=rejected, ignored_fields=Counter(ctx.ignored_fields),
         # one call per range: building a Counter per row was a large share of the scan's time
-        leftover_chars=leftover_characters("".join(cols["text_norm"])),
+        leftover_chars=leftover_characters("".join(text_norm)),
     )
 
 
-def _check_row(raw: RawRow, ctx: RowContext, cfg: DataConfig) -> dict | _Rejected:
-    """One row's checks (all but duplicate ids): the accepted row's columns, or why it is rejected."""
+def _check_row(raw: RawRow, ctx: RowContext, cfg: DataConfig) -> tuple | _Rejected:
+    """One row's checks (all but duplicate ids): the accepted row (`_RANGE_SCHEMA` order), or why not."""
     rec = check_fields(raw, ctx)
     if isinstance(rec, Rejection):
         row_id = (raw.fields or {}).get("id")
@@ -251,13 +251,9 @@ def _check_row(raw: RawRow, ctx: RowContext, cfg: DataConfig) -> dict | _Rejecte
     bad = check_duration(duration, cfg.min_duration, cfg.max_duration)
     if bad:
         return reject(bad, from_header=rec.duration is None)
-    return {
-        "source": rec.source, "line": rec.line, "id": rec.id, "audio_path": rec.audio_path, "text": rec.text,
-        "text_norm": norm.text, "speaker": rec.speaker, "language": norm.language, "emotion": rec.emotion,
-        "emotion_id": rec.emotion_id, "duration": duration, "declared_duration": rec.duration is not None,
-        "prompt_audio_path": rec.prompt_audio_path, "emotion_audio_path": rec.emotion_audio_path,
-        "codes_path": rec.codes_path, "language_detected": norm.detected,
-    }
+    return (rec.source, rec.line, rec.id, rec.audio_path, rec.text, norm.text, rec.speaker, norm.language,
+            rec.emotion, rec.emotion_id, duration, rec.duration is not None, rec.prompt_audio_path,
+            rec.emotion_audio_path, rec.codes_path, norm.detected)
 
 
 def _drop_duplicate_ids(scan: MetadataScan, batches: list[pa.RecordBatch], rejected: list[_Rejected]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -15,11 +16,15 @@ _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
 
 
+_SEPARATOR = re.compile(r"[-_]")
+
+
+@functools.lru_cache(maxsize=1024)  # called twice per manifest row, with a handful of distinct values
 def canonical_language(language: str | None) -> str | None:
     """Map a manifest language field to a short code ("ko-KR", "Korean", "KOR" → "ko"); None stays None."""
     if language is None or not language.strip():
         return None
-    code = re.split(r"[-_]", language.strip().lower())[0]
+    code = _SEPARATOR.split(language.strip().lower())[0]
     return _ALIASES.get(code, code)
 
 
