@@ -310,19 +310,22 @@ def _duplicate(source: str, line: int, row_id: str) -> dict:
 
 def tokenize_table(scan: MetadataScan, tok: Tokenizer, max_text_tokens: int) -> None:
     """Add `text_ids`/`n_text` to the accepted table; rows over `max_text_tokens` move to `rejected`."""
-    ids_chunks, keep_chunks = [], []
+    batches, ids_chunks, moved = [], [], []
     for batch in scan.table.to_batches(max_chunksize=_BATCH_ROWS):
-        encoded = [tok.encode(t) for t in batch.column("text_norm").to_pylist()]
+        encoded = tok.encode_batch(batch.column("text_norm").to_pylist())
         n = np.fromiter((len(e) for e in encoded), dtype=np.int32, count=len(encoded))
         keep = n <= max_text_tokens
-        for i in np.flatnonzero(~keep):
-            scan.rejected.append(reject_row(
-                batch.column("source")[i].as_py(), batch.column("line")[i].as_py(), batch.column("id")[i].as_py(),
-                Rejection("text_too_long", f"{n[i]} tokens > max_text_tokens {max_text_tokens}")))
-        ids_chunks.append(pa.array([e for e, k in zip(encoded, keep) if k], type=pa.list_(pa.int32())))
-        keep_chunks.append(keep)
-    keep = np.concatenate(keep_chunks) if keep_chunks else np.zeros(0, dtype=bool)
-    table = scan.table.filter(pa.array(keep, type=pa.bool_())) if len(keep) else scan.table
+        if not keep.all():
+            for i in np.flatnonzero(~keep):
+                moved.append(reject_row(
+                    batch.column("source")[i].as_py(), batch.column("line")[i].as_py(), batch.column("id")[i].as_py(),
+                    Rejection("text_too_long", f"{n[i]} tokens > max_text_tokens {max_text_tokens}")))
+            batch = batch.filter(pa.array(keep))  # only batches that lose rows are copied
+            encoded = [e for e, k in zip(encoded, keep) if k]
+        batches.append(batch)
+        ids_chunks.append(pa.array(encoded, type=pa.list_(pa.int32())))
+    scan.rejected += moved
+    table = pa.Table.from_batches(batches, schema=scan.table.schema)
     text_ids = pa.chunked_array(ids_chunks, type=pa.list_(pa.int32()))
     n_text = pc.list_value_length(text_ids).cast(pa.int32())
     scan.table = table.append_column("text_ids", text_ids).append_column("n_text", n_text)

@@ -17,9 +17,13 @@ Speakers with one usable utterance are reported and either rejected (`single_utt
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from indextts_ray.data.config import PromptConfig
 
@@ -27,6 +31,25 @@ from indextts_ray.data.config import PromptConfig
 def stable_hash(text: str, salt: int | str = 0) -> int:
     """64-bit hash that is the same on every machine and Python run (unlike `hash()`)."""
     return int.from_bytes(hashlib.blake2b(f"{salt}\x1f{text}".encode(), digest_size=8).digest(), "little")
+
+
+def stable_hashes(values: Iterable[str], salt: int | str = 0) -> np.ndarray:
+    """`stable_hash` of every value, as uint64 (no Python int per value)."""
+    prefix, blake2b = f"{salt}\x1f", hashlib.blake2b
+    digests = b"".join([blake2b(f"{prefix}{v}".encode(), digest_size=8).digest() for v in values])
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+
+
+def hash_column(column: pa.Array | pa.ChunkedArray, salt: int | str = 0, slice_rows: int = 65_536) -> np.ndarray:
+    """`stable_hashes` of a string column, converting `slice_rows` values to Python at a time."""
+    parts = [stable_hashes(column.slice(i, slice_rows).to_pylist(), salt) for i in range(0, len(column), slice_rows)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+
+
+def column_codes(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """(dense int64 code per row, the distinct values in order of first appearance) of a column without nulls."""
+    encoded = pc.dictionary_encode(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+    return encoded.indices.to_numpy().astype(np.int64), encoded.dictionary
 
 
 @dataclass
@@ -37,39 +60,54 @@ class Pairing:
     other_emotion_prompts: int = 0  # same_emotion=prefer rows prompted by another emotion
 
 
+REJECT_REASONS = (None, "single_utterance_speaker", "no_same_emotion_prompt")  # index = `PairCodes.reason`
+
+
+class PairCodes(NamedTuple):
+    candidates: np.ndarray  # (n, K), as `Pairing.candidates`
+    reason: np.ndarray  # (n,) int8 index into REJECT_REASONS
+    singles: np.ndarray  # (n,) bool: the row's speaker has one utterance
+    other_emotion_prompts: int
+
+
 def pair_prompts(ids: list[str], speakers: list[str], emotions: list[str | None], cfg: PromptConfig) -> Pairing:
     """Prompt candidates for every row (see the module docstring)."""
     n = len(ids)
-    reject: list[str | None] = [None] * n
     if n == 0:
-        return Pairing(np.full((0, cfg.candidates), -1, dtype=np.int64), reject)
-    order_key = np.array([stable_hash(i, cfg.seed) for i in ids], dtype=np.uint64)
-    spk_codes = _codes(speakers)
-    spk_sizes = np.bincount(spk_codes)
-    cand = _cyclic_candidates(spk_codes, order_key, cfg.candidates)
-    groups, group_sizes, other_emotion = spk_codes, spk_sizes, 0
+        return Pairing(np.full((0, cfg.candidates), -1, dtype=np.int64), [])
+    p = pair_codes(stable_hashes(ids, cfg.seed), _codes(speakers), _codes([e or "" for e in emotions]), cfg)
+    single_names = sorted({speakers[i] for i in np.flatnonzero(p.singles)})
+    return Pairing(p.candidates, [REJECT_REASONS[r] for r in p.reason.tolist()], single_names,
+                   p.other_emotion_prompts)
+
+
+def pair_codes(order_key: np.ndarray, speakers: np.ndarray, emotions: np.ndarray, cfg: PromptConfig) -> PairCodes:
+    """`pair_prompts` on arrays: each row's hash of (seed, id), speaker code and emotion code (None = "")."""
+    n = order_key.size
+    spk_sizes = np.bincount(speakers, minlength=1)
+    cand = _cyclic_candidates(speakers, order_key, cfg.candidates)
+    groups, group_sizes, other_emotion = speakers, spk_sizes, 0
     if cfg.same_emotion != "no":
-        groups = _codes([f"{s}\x1f{e or ''}" for s, e in zip(speakers, emotions)])
-        group_sizes = np.bincount(groups)
+        _, groups = np.unique(speakers * (int(emotions.max(initial=0)) + 1) + emotions, return_inverse=True)
+        groups = groups.reshape(-1)
+        group_sizes = np.bincount(groups, minlength=1)
         in_group = group_sizes[groups] >= 2
         # `prefer`: rows alone in their emotion group keep the speaker-wide candidates (counted)
         cand[in_group] = _cyclic_candidates(groups, order_key, cfg.candidates)[in_group]
         if cfg.same_emotion == "prefer":
-            other_emotion = int((~in_group & (spk_sizes[spk_codes] >= 2)).sum())
+            other_emotion = int((~in_group & (spk_sizes[speakers] >= 2)).sum())
         else:
             cand[~in_group] = -1
 
-    singles = spk_sizes[spk_codes] < 2
-    for i in np.flatnonzero(singles):
-        if cfg.single_utterance == "self":
-            cand[i, 0] = i
-        else:
-            reject[i] = "single_utterance_speaker"
+    singles = spk_sizes[speakers] < 2
+    reason = np.zeros(n, dtype=np.int8)
+    if cfg.single_utterance == "self":
+        cand[singles, 0] = np.flatnonzero(singles)
+    else:
+        reason[singles] = 1
     if cfg.same_emotion == "require":
-        for i in np.flatnonzero(~singles & (group_sizes[groups] < 2)):
-            reject[i] = "no_same_emotion_prompt"
-    single_names = sorted({speakers[i] for i in np.flatnonzero(singles)})
-    return Pairing(cand, reject, single_names, other_emotion)
+        reason[~singles & (group_sizes[groups] < 2)] = 2
+    return PairCodes(cand, reason, singles, other_emotion)
 
 
 def _codes(values: list[str]) -> np.ndarray:

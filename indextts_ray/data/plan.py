@@ -11,6 +11,7 @@ rerun rebuilds exactly the shards it did not finish, and two runs write the same
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +22,7 @@ from indextts_ray.data.config import DataConfig, SplitConfig
 from indextts_ray.data.features.base import FRAME_RATE
 from indextts_ray.data.manifest import Rejection
 from indextts_ray.data.metadata import MetadataScan, reject_row
-from indextts_ray.data.pairing import pair_prompts, stable_hash
+from indextts_ray.data.pairing import REJECT_REASONS, column_codes, hash_column, pair_codes, stable_hashes
 
 SPLITS = ("train", "val")
 
@@ -38,8 +39,14 @@ class PairingSummary:
 class ShardPlan:
     split: str
     index: int
-    rows: pa.Table  # metadata + prompt candidate columns of the shard's rows, in order
+    table: pa.Table = field(repr=False)  # every planned row (the shard's rows are taken from it when needed)
+    row_indices: np.ndarray = field(repr=False)  # the shard's rows in `table`, in shard order
     est_bytes: int
+
+    @property
+    def rows(self) -> pa.Table:
+        """Metadata + prompt candidate columns of the shard's rows, in order."""
+        return self.table.take(pa.array(self.row_indices))
 
     @property
     def name(self) -> str:
@@ -68,55 +75,87 @@ def pair_table(scan: MetadataScan, cfg: DataConfig) -> PairingSummary:
     """Add `prompt_ids`, `prompt_paths`, `prompt_durations` (candidates in order) to `scan.table`.
 
     Rows with their own `prompt_audio_path` keep it and get no candidates; rows that cannot be paired move
-    to `scan.rejected`.
+    to `scan.rejected`. The new table's columns are one chunk each (so `ShardPlan.rows` takes rows quickly);
+    it is built a column at a time so that only one column is ever held twice.
     """
     t = scan.table
-    ids = t.column("id").to_pylist()
-    explicit = np.asarray(pc.is_valid(t.column("prompt_audio_path")).to_numpy(zero_copy_only=False))
-    pairing = pair_prompts(ids, t.column("speaker").to_pylist(), t.column("emotion").to_pylist(), cfg.prompt)
-    paths = t.column("audio_path").to_pylist()
-    durations = t.column("duration").to_numpy()
-    keep = np.ones(len(ids), dtype=bool)
-    summary = PairingSummary(pairing.single_utterance_speakers, pairing.other_emotion_prompts,
-                             explicit_prompts=int(explicit.sum()))
-    for i, reason in enumerate(pairing.reject):
-        if reason is not None and not explicit[i]:
-            keep[i] = False
-            src, line = t.column("source")[i].as_py(), t.column("line")[i].as_py()
-            scan.rejected.append(reject_row(src, line, ids[i], Rejection(reason, _pair_detail(reason, t, i))))
-    cand_ids, cand_paths, cand_durs = [], [], []
-    for i in range(len(ids)):
-        # a rejected row is never another row's candidate: rejection means its group had nobody else
-        cs = [] if explicit[i] else [int(c) for c in pairing.candidates[i] if c >= 0 and keep[c]]
-        summary.self_prompts += int(cs == [i])
-        cand_ids.append([ids[c] for c in cs])
-        cand_paths.append([paths[c] for c in cs])
-        cand_durs.append([float(durations[c]) for c in cs])
-    t = t.append_column("prompt_ids", pa.array(cand_ids, type=pa.list_(pa.string())))
-    t = t.append_column("prompt_paths", pa.array(cand_paths, type=pa.list_(pa.string())))
-    t = t.append_column("prompt_durations", pa.array(cand_durs, type=pa.list_(pa.float64())))
-    scan.table = t.filter(pa.array(keep))
+    n = t.num_rows
+    explicit = pc.is_valid(t.column("prompt_audio_path")).to_numpy(zero_copy_only=False).astype(bool)
+    speakers, speaker_names = column_codes(t.column("speaker"))
+    emotions, _ = column_codes(pc.fill_null(t.column("emotion"), ""))
+    p = pair_codes(hash_column(t.column("id"), cfg.prompt.seed), speakers, emotions, cfg.prompt)
+    summary = PairingSummary(sorted(speaker_names.take(pa.array(np.unique(speakers[p.singles]))).to_pylist()),
+                             p.other_emotion_prompts, explicit_prompts=int(explicit.sum()))
+    drop = (p.reason > 0) & ~explicit
+    dropped = np.flatnonzero(drop)
+    if dropped.size:
+        for i, r in zip(dropped.tolist(), t.select(["source", "line", "id", "speaker", "emotion"])
+                        .take(pa.array(dropped)).to_pylist()):
+            reason = REJECT_REASONS[p.reason[i]]
+            scan.rejected.append(reject_row(r["source"], r["line"], r["id"], Rejection(reason, _pair_detail(reason, r))))
+    keep = ~drop
+    # a rejected row is never another row's candidate: rejection means its group had nobody else
+    cand = p.candidates
+    valid = (cand >= 0) & keep[np.maximum(cand, 0)] & ~explicit[:, None]
+    only = np.where(valid, cand, -1).max(axis=1, initial=-1)
+    summary.self_prompts = int(((valid.sum(axis=1) == 1) & (only == np.arange(n))).sum())
+
+    valid = valid[keep]
+    offsets = pa.array(np.r_[0, np.cumsum(valid.sum(axis=1))], type=pa.int32())
+    flat = pa.array(cand[keep][valid])  # row-major: each row's candidates in order
+    prompt_cols = {
+        "prompt_ids": pa.ListArray.from_arrays(offsets, t.column("id").take(flat).combine_chunks()),
+        "prompt_paths": pa.ListArray.from_arrays(offsets, t.column("audio_path").take(flat).combine_chunks()),
+        "prompt_durations": pa.ListArray.from_arrays(offsets, t.column("duration").take(flat).combine_chunks()),
+    }
+    del t
+    scan.table = _filter_one_chunk(scan, None if keep.all() else pa.array(keep), prompt_cols)
     return summary
 
 
-def _pair_detail(reason: str, t: pa.Table, i: int) -> str:
-    speaker = t.column("speaker")[i].as_py()
+def _filter_one_chunk(scan: MetadataScan, mask: pa.Array | None, extra: dict[str, pa.Array]) -> pa.Table:
+    """`scan.table` filtered by `mask`, every column one chunk, plus the `extra` columns (already filtered).
+
+    The old table is released a column at a time (the caller must hold no other reference to it).
+    """
+    t, scan.table = scan.table, None
+    columns, names = [], t.column_names
+    for name in names:
+        col = t.column(name).combine_chunks()
+        t = t.drop_columns([name])  # the old chunks go as soon as nothing else holds them
+        columns.append(col if mask is None else col.filter(mask))
+    return pa.table(columns + list(extra.values()), names=names + list(extra))
+
+
+def _pair_detail(reason: str, row: dict) -> str:
+    speaker = row["speaker"]
     if reason == "no_same_emotion_prompt":
-        return f"speaker {speaker!r} has no other {t.column('emotion')[i].as_py() or 'unlabelled'} utterance"
+        return f"speaker {speaker!r} has no other {row['emotion'] or 'unlabelled'} utterance"
     return f"speaker {speaker!r} has no other usable utterance"
 
 
 def split_rows(ids: list[str], speakers: list[str], cfg: SplitConfig) -> np.ndarray:
     """Boolean array: True = validation row. Hash of the id, or of the speaker to hold out whole speakers."""
-    keys = ids if cfg.by == "id" else speakers
-    threshold = cfg.val_fraction * 2.0**64
-    return np.fromiter((stable_hash(k, f"split{cfg.seed}") < threshold for k in keys), dtype=bool, count=len(keys))
+    return stable_hashes(ids if cfg.by == "id" else speakers, f"split{cfg.seed}") < _split_threshold(cfg)
+
+
+def _split_threshold(cfg: SplitConfig) -> np.uint64:
+    # hash < val_fraction * 2**64 (a float) compared exactly in integers: hash < ceil(threshold)
+    return np.uint64(math.ceil(cfg.val_fraction * 2.0**64))
+
+
+def _split_table(table: pa.Table, cfg: SplitConfig) -> np.ndarray:
+    """`split_rows` for a table; a speaker split hashes each speaker once."""
+    if cfg.by == "id":
+        return hash_column(table.column("id"), f"split{cfg.seed}") < _split_threshold(cfg)
+    codes, names = column_codes(table.column("speaker"))
+    return (hash_column(names, f"split{cfg.seed}") < _split_threshold(cfg))[codes]
 
 
 def estimate_row_bytes(t: pa.Table, cfg: DataConfig, feat_dim: int) -> np.ndarray:
     """Rough bytes per output row, from metadata only (codes, text ids, float16 prompt/emotion features)."""
     dur = t.column("duration").to_numpy()
-    first_prompt = np.array([d[0] if d else cfg.prompt.max_seconds for d in t.column("prompt_durations").to_pylist()])
+    first_prompt = _first_or(t.column("prompt_durations"), cfg.prompt.max_seconds)
     prompt_s = np.minimum(first_prompt, cfg.prompt.max_seconds)
     emo_s = np.where(pc.is_valid(t.column("emotion_audio_path")).to_numpy(zero_copy_only=False),
                      cfg.prompt.max_seconds, 0.0)
@@ -125,23 +164,36 @@ def estimate_row_bytes(t: pa.Table, cfg: DataConfig, feat_dim: int) -> np.ndarra
     return (4 * FRAME_RATE * dur + 4 * n_text + 2 * feat_dim * frames + 256).astype(np.int64)
 
 
+def _first_or(lists: pa.ChunkedArray, default: float) -> np.ndarray:
+    """The first element of each list (float64), or `default` for an empty list."""
+    parts = []
+    for chunk in lists.chunks:
+        offsets = chunk.offsets.to_numpy()
+        values = chunk.values.to_numpy(zero_copy_only=False).astype(np.float64)
+        has = offsets[1:] > offsets[:-1]
+        first = np.full(len(chunk), default, dtype=np.float64)
+        first[has] = values[offsets[:-1][has]]
+        parts.append(first)
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def plan_shards(table: pa.Table, cfg: DataConfig, feat_dim: int) -> list[ShardPlan]:
     """Cut each split into shards of at most `shard_rows` rows and about `shard_mb` MiB (estimated)."""
-    ids = table.column("id").to_pylist()
-    is_val = split_rows(ids, table.column("speaker").to_pylist(), cfg.split)
-    order_key = np.array([stable_hash(i, "order") for i in ids], dtype=np.uint64)
+    is_val = _split_table(table, cfg.split)
+    order_key = hash_column(table.column("id"), "order")
     est = estimate_row_bytes(table, cfg, feat_dim)
     budget = cfg.shard_mb * 2**20
     plans: list[ShardPlan] = []
     for split, mask in (("train", ~is_val), ("val", is_val)):
         rows = np.flatnonzero(mask)
         rows = rows[np.argsort(order_key[rows], kind="stable")]  # mixes speakers across shards
-        start, size, index = 0, 0, 0
-        for j, r in enumerate(rows):
-            if j > start and (j - start >= cfg.shard_rows or size + est[r] > budget):
-                plans.append(ShardPlan(split, index, table.take(rows[start:j]), int(size)))
-                start, size, index = j, 0, index + 1
-            size += est[r]
-        if len(rows) > start:
-            plans.append(ShardPlan(split, index, table.take(rows[start:]), int(size)))
+        size = np.r_[0, np.cumsum(est[rows])]  # size[j] = bytes of rows[:j]
+        start, index = 0, 0
+        while start < len(rows):
+            # a shard ends before the row that would make it exceed `budget` (it always takes one row),
+            # or at `shard_rows`
+            over = int(np.searchsorted(size, size[start] + budget, side="right")) - 1
+            end = min(start + cfg.shard_rows, max(over, start + 1), len(rows))
+            plans.append(ShardPlan(split, index, table, rows[start:end], int(size[end] - size[start])))
+            start, index = end, index + 1
     return plans
