@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indextts_ray.data.manifest import iter_manifest
@@ -72,9 +73,14 @@ def shard_files(source: Path) -> list[Path]:
 
 
 def count_parquet(files: list[Path]) -> tuple[Counter, dict[str, int]]:
-    """Samples per speaker over Parquet files, one file and one column at a time."""
+    """Samples per speaker over Parquet files, one file and one column at a time.
+
+    Each file's counts are grouped in Arrow and merged every `_MERGE_EVERY` files, so memory holds about one
+    row per distinct speaker, not per sample.
+    """
     counts: Counter = Counter()
     skipped: dict[str, int] = {}
+    parts: dict[pa.DataType, list[pa.Table]] = {}  # per-file counts, by the speaker column's type
     for f in dict.fromkeys(files):  # the same file twice would count twice
         try:
             table = pq.read_table(f, columns=["speaker"])
@@ -83,11 +89,27 @@ def count_parquet(files: list[Path]) -> tuple[Counter, dict[str, int]]:
         nulls = table.column("speaker").null_count
         if nulls:
             skipped["missing_speaker"] = skipped.get("missing_speaker", 0) + nulls
-        grouped = table.group_by("speaker").aggregate([("speaker", "count")])
-        for spk, n in zip(grouped.column("speaker").to_pylist(), grouped.column("speaker_count").to_pylist()):
-            if spk is not None:
+        same_type = parts.setdefault(table.schema.field("speaker").type, [])
+        same_type.append(_renamed(table.group_by("speaker").aggregate([("speaker", "count")]), "speaker_count"))
+        if len(same_type) >= _MERGE_EVERY:
+            same_type[:] = [_merge_counts(same_type)]
+    for same_type in parts.values():
+        merged = _merge_counts(same_type)
+        for spk, n in zip(merged.column("speaker").to_pylist(), merged.column("n").to_pylist()):
+            if spk is not None:  # a null speaker's group counts 0 (nulls are counted as skipped above)
                 counts[str(spk).strip()] += n
     return counts, skipped
+
+
+_MERGE_EVERY = 64
+
+
+def _merge_counts(parts: list[pa.Table]) -> pa.Table:
+    return _renamed(pa.concat_tables(parts).group_by("speaker").aggregate([("n", "sum")]), "n_sum")
+
+
+def _renamed(grouped: pa.Table, count_column: str) -> pa.Table:
+    return grouped.rename_columns(["n" if name == count_column else name for name in grouped.column_names])
 
 
 def count_manifest(path: Path, fmt: str = "auto") -> tuple[Counter, dict[str, int]]:
