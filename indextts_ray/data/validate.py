@@ -168,7 +168,8 @@ def check_raw_text(text: str) -> Rejection | None:
 
 def check_normalised_text(text_norm: str) -> Rejection | None:
     """A normalised text must still contain something to say."""
-    if not any(unicodedata.category(ch)[0] in "LN" for ch in text_norm):
+    # isalpha() is exactly the L* categories: most texts are decided by their first character
+    if not text_norm[:1].isalpha() and not any(unicodedata.category(ch)[0] in "LN" for ch in text_norm):
         return Rejection("no_speakable_text", f"no letters or digits in {text_norm[:40]!r}")
     return None
 

@@ -6,6 +6,7 @@ import re
 import unicodedata
 
 _WHITESPACE = re.compile(r"\s+")
+_WHITESPACE_CHANGE = re.compile(r"\s\s|[^\S ]")  # a run of whitespace, or whitespace other than " "
 # No space before closing punctuation, none after opening brackets.
 _SPACE_BEFORE_CLOSE = re.compile(r"\s+([,.!?;:)\]}])")
 _SPACE_AFTER_OPEN = re.compile(r"([(\[{])\s+")
@@ -45,11 +46,19 @@ def remove_control(text: str) -> str:
 
 def clean_whitespace(text: str) -> str:
     """Collapse every run of whitespace (newlines, tabs, NBSP, ideographic space) to one space; strip."""
+    if not _WHITESPACE_CHANGE.search(text) and not text[:1].isspace() and not text[-1:].isspace():
+        return text  # only single plain spaces inside: nothing to do (the common case)
     return _WHITESPACE.sub(" ", text).strip()
+
+
+# matches where one of the three rules below would: most texts need none of them
+_PUNCTUATION_FIX = re.compile(r"\s[,.!?;:)\]}]|[(\[{]\s|,,")
 
 
 def clean_punctuation(text: str) -> str:
     """No space before , . ! ? ; : ) ] }, none after ( [ {, and one comma for ",,"."""
+    if not _PUNCTUATION_FIX.search(text):
+        return text
     text = _SPACE_BEFORE_CLOSE.sub(r"\1", text)
     text = _SPACE_AFTER_OPEN.sub(r"\1", text)
     return _REPEATED_COMMA.sub(",", text)
@@ -60,8 +69,15 @@ def basic_cleanup(text: str) -> str:
     return clean_whitespace(remove_control(unicodedata.normalize("NFC", text)))
 
 
+# any character that `ascii_forms` rewrites (all outside ASCII)
+_NOT_ASCII_FORM = re.compile("[" + re.escape("".join(map(chr, FULLWIDTH_TO_ASCII)) + "".join(UNIT_SYMBOLS))
+                             + "\u2212\u2010\u2011\uFE63]")
+
+
 def ascii_forms(text: str) -> str:
     """Fullwidth ASCII, unit symbols (㎏, ℃) and minus look-alikes to the ASCII forms the rules read."""
+    if text.isascii() or not _NOT_ASCII_FORM.search(text):
+        return text
     text = text.translate(FULLWIDTH_TO_ASCII)
     text = _UNIT_SYMBOLS.sub(lambda m: UNIT_SYMBOLS[m.group()], text)
     return _MINUS.sub("-", text)

@@ -258,6 +258,8 @@ def normalize_korean(text: str) -> str:
     text = ascii_forms(text)
     if not re.search(r"[0-9A-Z]", text):
         return text
+    if not re.search(r"\d", text):  # every rule up to the acronyms needs a digit
+        return _ACRONYM.sub(_acronym, _WORD_ACRONYM.sub(lambda m: WORD_ACRONYMS[m.group()], text))
     text = _PHONE.sub(_phone, text)
     text = _PHONE_SERVICE.sub(_phone, text)
     text = _PHONE_MOBILE.sub(_phone, text)
