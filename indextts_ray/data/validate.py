@@ -9,6 +9,7 @@ from the script (`language_detected`).
 from __future__ import annotations
 
 import math
+import os
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -79,6 +80,9 @@ _KNOWN = frozenset(REQUIRED + OPTIONAL + PRECOMPUTED_USED)
 _STRINGS = ("audio_path", "text", "language", "emotion", "prompt_audio_path", "emotion_audio_path", "codes_path")
 
 
+_PATHS = ("audio_path", "prompt_audio_path", "emotion_audio_path", "codes_path")
+
+
 class RowContext:
     """What field checks need: manifest folder, dataset root, emotion labels, the format, counters."""
 
@@ -87,7 +91,21 @@ class RowContext:
         self.root = str(root)
         self.emotion_index = {label: i for i, label in enumerate(emotion_labels)}
         self.fmt = fmt
+        self.required = REQUIRED + (PRECOMPUTED_USED if fmt == "indextts_precomputed" else ())
         self.ignored_fields: dict[str, int] = {}
+        # A plain relative path ("wavs/a.wav": no "." or ".." parts, no empty part) under a normalised
+        # manifest folder inside the root resolves to folder + "/" + path, inside the root: no normpath needed.
+        d, r = self.manifest_dir, self.root
+        inside = d == r or d.startswith(r.rstrip(os.sep) + os.sep)
+        self._plain_prefix = (d.rstrip("/") + "/" if os.sep == "/" and d.startswith("/") and os.path.normpath(d) == d
+                              and inside else None)
+
+    def resolve(self, value: str) -> str | None:
+        """`resolve_path(value, manifest_dir, root)`, without the general case's cost for plain paths."""
+        if (self._plain_prefix is not None and not value.startswith("/") and not value.endswith("/")
+                and "//" not in value and "/." not in "/" + value):
+            return self._plain_prefix + value
+        return resolve_path(value, self.manifest_dir, self.root)
 
 
 def check_fields(row: RawRow, ctx: RowContext) -> Record | Rejection:
@@ -98,14 +116,13 @@ def check_fields(row: RawRow, ctx: RowContext) -> Record | Rejection:
     if row.error is not None:
         return row.error
     f = row.fields or {}
-    required = REQUIRED + (PRECOMPUTED_USED if ctx.fmt == "indextts_precomputed" else ())
-    for key in required:
+    for key in ctx.required:
         value = f.get(key)
         if value is None or (isinstance(value, str) and not value.strip() and key != "text"):
             return Rejection("missing_field", f"field {key!r} is missing")
-    extra = f.keys() - _KNOWN
-    for key in extra:
-        ctx.ignored_fields[key] = ctx.ignored_fields.get(key, 0) + 1
+    if not _KNOWN.issuperset(f):
+        for key in f.keys() - _KNOWN:
+            ctx.ignored_fields[key] = ctx.ignored_fields.get(key, 0) + 1
     # ids and speakers are often numbers in the wild: accept ints, nothing else
     for key in ("id", "speaker"):
         if type(f[key]) not in (str, int):
@@ -133,12 +150,12 @@ def check_fields(row: RawRow, ctx: RowContext) -> Record | Rejection:
         emotion = None
 
     paths: dict[str, str | None] = {}
-    for key in ("audio_path", "prompt_audio_path", "emotion_audio_path", "codes_path"):
+    for key in _PATHS:
         value = f.get(key)
         if value is None or not value.strip():
             paths[key] = None
             continue
-        resolved = resolve_path(value.strip(), ctx.manifest_dir, ctx.root)
+        resolved = ctx.resolve(value.strip())
         if resolved is None:
             return Rejection("path_outside_root", f"{key} {value!r} is outside the dataset root {ctx.root}")
         paths[key] = resolved
