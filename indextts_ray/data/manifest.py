@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.json as pa_json
 
 from indextts_ray.errors import DataError
 from indextts_ray.io_utils import atomic_write_text
@@ -102,6 +106,37 @@ def parse_line(raw: bytes, lineno: int, source: str, fmt: str, first_in_file: bo
         return RawRow(source, lineno, None, Rejection("bad_utf8", f"invalid UTF-8 at byte {e.start}"))
     fields, error = (_parse_melo if fmt == "melotts" else _parse_json)(text)
     return RawRow(source, lineno, fields, error)
+
+
+# What a block of JSONL lines may not contain for `parse_json_block`: control bytes other than the line breaks
+# (Python's json rejects them inside strings), a lone \r (a line break for neither reader), surrogate escapes
+# (Python keeps lone ones, Arrow rejects them).
+_NOT_FOR_ARROW = re.compile(rb"[\x00-\x09\x0b\x0c\x0e-\x1f]|\r(?!\n|\Z)|\\u[dD][89a-fA-F]")
+
+
+def is_json_object_line(raw: bytes) -> bool:
+    """The line looks like one JSON object (`{` ... `}`): what `parse_json_block` may be given."""
+    return raw.lstrip()[:1] == b"{" and raw.rstrip()[-1:] == b"}"
+
+
+def parse_json_block(lines: list[bytes]) -> pa.Table | None:
+    """Parse JSONL lines (each `is_json_object_line`) with Arrow's JSON reader: one row per line.
+
+    Returns None unless every line parses and Arrow's values can equal Python's `json.loads` ones: no
+    control bytes, no surrogate escapes, valid UTF-8, one object per line, no key twice (Arrow refuses
+    it), no column whose type changes between rows. The caller then parses these lines one by one.
+    Numbers equal Python's except integers beyond 2**53 in a float column: callers must not trust those.
+    """
+    buf = b"\n".join(lines)
+    if not lines or _NOT_FOR_ARROW.search(buf):
+        return None
+    try:
+        buf.decode("utf-8")
+        table = pa_json.read_json(pa.py_buffer(buf),
+                                  read_options=pa_json.ReadOptions(use_threads=False, block_size=len(buf) + 1))
+    except (UnicodeDecodeError, pa.ArrowInvalid):
+        return None
+    return table if table.num_rows == len(lines) else None
 
 
 def line_ranges(path: str | os.PathLike, chunk_bytes: int) -> list[tuple[int, int]]:

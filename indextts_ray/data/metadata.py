@@ -32,12 +32,21 @@ import pyarrow.compute as pc
 
 from indextts_ray.data.audio import header_duration
 from indextts_ray.data.config import DataConfig
-from indextts_ray.data.manifest import RawRow, Rejection, check_manifest, line_ranges, parse_line
+from indextts_ray.data.manifest import (
+    Rejection,
+    check_manifest,
+    is_json_object_line,
+    line_ranges,
+    parse_json_block,
+    parse_line,
+)
 from indextts_ray.data.tokenizer import Tokenizer
 from indextts_ray.data.validate import (
+    Record,
     RowContext,
     check_duration,
     check_fields,
+    check_fields_block,
     check_normalised_text,
     check_raw_text,
 )
@@ -56,6 +65,7 @@ META_SCHEMA = pa.schema([
 # what a range returns for its accepted rows: + whether the language was detected (counted after dedup)
 _RANGE_SCHEMA = META_SCHEMA.append(pa.field("language_detected", pa.bool_()))
 _BATCH_ROWS = 50_000
+_BLOCK_LINES = 2048  # lines parsed and field-checked together (a failing block falls back to line by line)
 CHUNK_BYTES = 8 << 20  # ~40k JSONL rows: large enough to amortise a task, small enough to bound a worker's memory
 
 
@@ -110,7 +120,7 @@ def scan_manifest(cfg: DataConfig, emotion_labels: list[str], chunk_bytes: int =
     lines_before, t0 = 0, time.monotonic()
     for part in _scan_ranges(job, ranges, cfg.scan_workers):
         # line numbers in a range count from its first line: make them the file's
-        acc = part.accepted
+        acc = pa.ipc.open_stream(part.accepted).read_next_batch()
         batches.append(pa.RecordBatch.from_arrays(
             [pc.add(c, lines_before) if name == "line" else c for name, c in zip(acc.schema.names, acc.columns)],
             schema=acc.schema))
@@ -122,6 +132,7 @@ def scan_manifest(cfg: DataConfig, emotion_labels: list[str], chunk_bytes: int =
         ignored.update(part.ignored_fields)
         if len(ranges) > 1:
             log.info("metadata: %d rows read (%.0f rows/s)", scan.rows_in, scan.rows_in / (time.monotonic() - t0))
+    del part
     _drop_duplicate_ids(scan, batches, rejected)
     scan.ignored_fields = dict(sorted(ignored.items()))
     return scan
@@ -150,7 +161,8 @@ class _Rejected(NamedTuple):
 class _RangeResult:
     lines: int  # lines in the range, blank ones included
     rows_in: int
-    accepted: pa.RecordBatch  # _RANGE_SCHEMA, line numbers relative to the range
+    accepted: bytes  # Arrow IPC stream of one _RANGE_SCHEMA batch, line numbers relative to the range
+    # (bytes, not a pickled batch: the driver reads it without copying, so memory holds it once)
     rejected: list[_Rejected]
     ignored_fields: Counter
     leftover_chars: Counter  # over the accepted rows' text_norm
@@ -195,35 +207,62 @@ def _scan_range(job: _ScanJob, byte_range: tuple[int, int]) -> _RangeResult:
     lines = data.split(b"\n")
     if lines[-1] == b"":  # the range ends with a newline (or is empty)
         lines.pop()
+    if start == 0 and lines and lines[0].startswith(b"\xef\xbb\xbf"):
+        lines[0] = lines[0][3:]  # UTF-8 byte order mark written by some editors
     ctx = RowContext(Path(job.manifest).parent, Path(job.root), job.emotion_labels, job.format)
     accepted: list[tuple] = []
     rejected: list[_Rejected] = []
     rows_in = 0
-    for lineno, raw in enumerate(lines, start=1):
-        row = parse_line(raw, lineno, job.manifest, job.format, first_in_file=start == 0 and lineno == 1)
-        if row is None:
-            continue
-        rows_in += 1
-        got = _check_row(row, ctx, job.cfg)
-        (rejected if isinstance(got, _Rejected) else accepted).append(got)
+    for first in range(0, len(lines), _BLOCK_LINES):
+        numbered = [(first + i + 1, raw) for i, raw in enumerate(lines[first: first + _BLOCK_LINES]) if raw.strip()]
+        rows_in += len(numbered)
+        for lineno, raw, rec in _block_records(numbered, job, ctx):
+            if rec is None:  # the general case, one line at a time
+                row = parse_line(raw, lineno, job.manifest, job.format)
+                rec = check_fields(row, ctx)
+                if isinstance(rec, Rejection):
+                    row_id = (row.fields or {}).get("id")
+                    rejected.append(_Rejected(lineno, None if row_id is None else str(row_id), rec, False, False))
+                    continue
+            got = _check_record(rec, ctx, job.cfg)
+            (rejected if isinstance(got, _Rejected) else accepted).append(got)
     cols = list(zip(*accepted)) or [() for _ in _RANGE_SCHEMA]
     text_norm = cols[_RANGE_SCHEMA.get_field_index("text_norm")]
+    batch = pa.RecordBatch.from_arrays([pa.array(c, f.type) for c, f in zip(cols, _RANGE_SCHEMA)],
+                                       schema=_RANGE_SCHEMA)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, _RANGE_SCHEMA) as writer:
+        writer.write_batch(batch)
     return _RangeResult(
-        lines=len(lines), rows_in=rows_in,
-        accepted=pa.RecordBatch.from_arrays([pa.array(c, f.type) for c, f in zip(cols, _RANGE_SCHEMA)],
-                                            schema=_RANGE_SCHEMA),
+        lines=len(lines), rows_in=rows_in, accepted=sink.getvalue().to_pybytes(),
         rejected=rejected, ignored_fields=Counter(ctx.ignored_fields),
         # one call per range: building a Counter per row was a large share of the scan's time
         leftover_chars=leftover_characters("".join(text_norm)),
     )
 
 
-def _check_row(raw: RawRow, ctx: RowContext, cfg: DataConfig) -> tuple | _Rejected:
-    """One row's checks (all but duplicate ids): the accepted row (`_RANGE_SCHEMA` order), or why not."""
-    rec = check_fields(raw, ctx)
-    if isinstance(rec, Rejection):
-        row_id = (raw.fields or {}).get("id")
-        return _Rejected(raw.line, None if row_id is None else str(row_id), rec, False, False)
+def _block_records(numbered: list[tuple[int, bytes]], job: _ScanJob,
+                   ctx: RowContext) -> Iterator[tuple[int, bytes, Record | None]]:
+    """(line number, line, its `Record` if the vectorised field checks pass it, else None), in line order.
+
+    JSON lines that look like objects are parsed by Arrow and checked a block at a time; anything these
+    checks cannot decide exactly (other formats, odd lines or values) is None: `check_fields` decides.
+    """
+    if job.format == "melotts":
+        yield from ((lineno, raw, None) for lineno, raw in numbered)
+        return
+    objects = [k for k, (_, raw) in enumerate(numbered) if is_json_object_line(raw)]
+    table = parse_json_block([numbered[k][1] for k in objects])
+    records = None if table is None else check_fields_block(table, [numbered[k][0] for k in objects],
+                                                            job.manifest, ctx)
+    by_row = dict(zip(objects, records)) if records is not None else {}
+    for k, (lineno, raw) in enumerate(numbered):
+        yield lineno, raw, by_row.get(k)
+
+
+def _check_record(rec: Record, ctx: RowContext, cfg: DataConfig) -> tuple | _Rejected:
+    """The checks after `check_fields` (all but duplicate ids): the accepted row (`_RANGE_SCHEMA` order), or why
+    not."""
 
     def reject(r: Rejection, from_header: bool = False) -> _Rejected:
         return _Rejected(rec.line, rec.id, r, True, from_header)
@@ -256,7 +295,7 @@ def _check_row(raw: RawRow, ctx: RowContext, cfg: DataConfig) -> tuple | _Reject
             rec.emotion_audio_path, rec.codes_path, norm.detected)
 
 
-def _drop_duplicate_ids(scan: MetadataScan, batches: list[pa.RecordBatch], rejected: list[_Rejected]) -> None:
+def _drop_duplicate_ids(scan: MetadataScan, batches: list[pa.RecordBatch | None], rejected: list[_Rejected]) -> None:
     """The first row (in file order) that passed the field checks keeps its id; later ones are rejected.
 
     Sets `scan.table`, `scan.rejected` (in line order) and the counts that only accepted rows contribute to.
@@ -276,7 +315,8 @@ def _drop_duplicate_ids(scan: MetadataScan, batches: list[pa.RecordBatch], rejec
     rows: list[tuple[int, dict]] = []
     source = str(scan.manifest)
     at, detected, from_header = 0, 0, 0
-    for b in batches:
+    for k, b in enumerate(batches):
+        batches[k] = None  # a filtered batch is a copy: let the original go as we move on
         d = dup[at: at + b.num_rows]
         at += b.num_rows
         if d.any():

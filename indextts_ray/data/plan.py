@@ -45,8 +45,9 @@ class ShardPlan:
 
     @property
     def rows(self) -> pa.Table:
-        """Metadata + prompt candidate columns of the shard's rows, in order."""
-        return self.table.take(pa.array(self.row_indices))
+        """Metadata + prompt candidate columns (as `pair_table` adds them) of the shard's rows, in order."""
+        rows = self.table.take(pa.array(self.row_indices))
+        return expand_prompt_rows(rows, self.table) if "prompt_rows" in rows.column_names else rows
 
     @property
     def name(self) -> str:
@@ -75,8 +76,19 @@ def pair_table(scan: MetadataScan, cfg: DataConfig) -> PairingSummary:
     """Add `prompt_ids`, `prompt_paths`, `prompt_durations` (candidates in order) to `scan.table`.
 
     Rows with their own `prompt_audio_path` keep it and get no candidates; rows that cannot be paired move
-    to `scan.rejected`. The new table's columns are one chunk each (so `ShardPlan.rows` takes rows quickly);
-    it is built a column at a time so that only one column is ever held twice.
+    to `scan.rejected`. `pair_rows` gives the same pairs in far less memory.
+    """
+    summary = pair_rows(scan, cfg)
+    scan.table = expand_prompt_rows(scan.table, scan.table)
+    return summary
+
+
+def pair_rows(scan: MetadataScan, cfg: DataConfig) -> PairingSummary:
+    """`pair_table` with each row's candidates as `prompt_rows` (their row numbers in the new `scan.table`).
+
+    A few bytes per row instead of every candidate's id, path and duration; `ShardPlan.rows` turns them into
+    the `pair_table` columns, so the shards are the same. The new table's columns are one chunk each (so a
+    shard's rows are taken quickly); it is built a column at a time so that only one column is held twice.
     """
     t = scan.table
     n = t.num_rows
@@ -86,6 +98,7 @@ def pair_table(scan: MetadataScan, cfg: DataConfig) -> PairingSummary:
     p = pair_codes(hash_column(t.column("id"), cfg.prompt.seed), speakers, emotions, cfg.prompt)
     summary = PairingSummary(sorted(speaker_names.take(pa.array(np.unique(speakers[p.singles]))).to_pylist()),
                              p.other_emotion_prompts, explicit_prompts=int(explicit.sum()))
+    del speakers, emotions
     drop = (p.reason > 0) & ~explicit
     dropped = np.flatnonzero(drop)
     if dropped.size:
@@ -99,18 +112,32 @@ def pair_table(scan: MetadataScan, cfg: DataConfig) -> PairingSummary:
     valid = (cand >= 0) & keep[np.maximum(cand, 0)] & ~explicit[:, None]
     only = np.where(valid, cand, -1).max(axis=1, initial=-1)
     summary.self_prompts = int(((valid.sum(axis=1) == 1) & (only == np.arange(n))).sum())
+    del only, p
 
+    new_row = np.cumsum(keep) - 1  # row number after the filter (kept rows only)
     valid = valid[keep]
     offsets = pa.array(np.r_[0, np.cumsum(valid.sum(axis=1))], type=pa.int32())
-    flat = pa.array(cand[keep][valid])  # row-major: each row's candidates in order
-    prompt_cols = {
-        "prompt_ids": pa.ListArray.from_arrays(offsets, t.column("id").take(flat).combine_chunks()),
-        "prompt_paths": pa.ListArray.from_arrays(offsets, t.column("audio_path").take(flat).combine_chunks()),
-        "prompt_durations": pa.ListArray.from_arrays(offsets, t.column("duration").take(flat).combine_chunks()),
-    }
-    del t
-    scan.table = _filter_one_chunk(scan, None if keep.all() else pa.array(keep), prompt_cols)
+    index_type = pa.int32() if n < 2**31 else pa.int64()
+    flat = pa.array(new_row[cand[keep][valid]], type=index_type)  # row-major: each row's candidates in order
+    del t, cand, valid
+    prompt_rows = pa.ListArray.from_arrays(offsets, flat)
+    scan.table = _filter_one_chunk(scan, None if keep.all() else pa.array(keep), {"prompt_rows": prompt_rows})
     return summary
+
+
+def expand_prompt_rows(rows: pa.Table, table: pa.Table) -> pa.Table:
+    """`rows` (taken from `table`, after `pair_rows`) with `prompt_rows` replaced by the candidates' ids,
+    paths and durations: the `pair_table` columns."""
+    lists = rows.column("prompt_rows").combine_chunks()
+    flat = lists.flatten()
+    offsets = pc.subtract(lists.offsets, lists.offsets[0])  # a taken slice may not start at 0
+    cols = {name: pa.ListArray.from_arrays(offsets, table.column(source).take(flat).combine_chunks())
+            for name, source in (("prompt_ids", "id"), ("prompt_paths", "audio_path"),
+                                 ("prompt_durations", "duration"))}
+    rows = rows.drop_columns(["prompt_rows"])
+    for name, col in cols.items():
+        rows = rows.append_column(name, col)
+    return rows
 
 
 def _filter_one_chunk(scan: MetadataScan, mask: pa.Array | None, extra: dict[str, pa.Array]) -> pa.Table:
@@ -155,7 +182,11 @@ def _split_table(table: pa.Table, cfg: SplitConfig) -> np.ndarray:
 def estimate_row_bytes(t: pa.Table, cfg: DataConfig, feat_dim: int) -> np.ndarray:
     """Rough bytes per output row, from metadata only (codes, text ids, float16 prompt/emotion features)."""
     dur = t.column("duration").to_numpy()
-    first_prompt = _first_or(t.column("prompt_durations"), cfg.prompt.max_seconds)
+    if "prompt_rows" in t.column_names:  # after `pair_rows`: the first candidate's duration
+        first = _first_or(t.column("prompt_rows"), -1).astype(np.int64)
+        first_prompt = np.where(first >= 0, dur[np.maximum(first, 0)], cfg.prompt.max_seconds)
+    else:
+        first_prompt = _first_or(t.column("prompt_durations"), cfg.prompt.max_seconds)
     prompt_s = np.minimum(first_prompt, cfg.prompt.max_seconds)
     emo_s = np.where(pc.is_valid(t.column("emotion_audio_path")).to_numpy(zero_copy_only=False),
                      cfg.prompt.max_seconds, 0.0)
@@ -165,7 +196,7 @@ def estimate_row_bytes(t: pa.Table, cfg: DataConfig, feat_dim: int) -> np.ndarra
 
 
 def _first_or(lists: pa.ChunkedArray, default: float) -> np.ndarray:
-    """The first element of each list (float64), or `default` for an empty list."""
+    """The first element of each list (as float64), or `default` for an empty list."""
     parts = []
     for chunk in lists.chunks:
         offsets = chunk.offsets.to_numpy()

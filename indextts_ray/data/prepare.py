@@ -1,8 +1,8 @@
 """`prepare_dataset`: manifest -> validated, paired, featurised Parquet shards (the `indextts-ray prepare` step).
 
-    manifest --scan_manifest (driver, streaming)--> accepted metadata + rejected rows
+    manifest --scan_manifest (data.scan_workers processes)--> accepted metadata + rejected rows
              --tokenizer (given, or trained on the normalised text)--> text_ids   (text_too_long rejected)
-             --pair_table--> prompt candidates                              (single speakers rejected)
+             --pair_rows--> prompt candidates                               (single speakers rejected)
              --plan_shards--> train/val shards, fixed before any audio is read
              --builtin only: fit the k-means codebook on a sample of the corpus
              --Ray Data: one ShardWorker task per unfinished shard--> <out>/{train,val}/shard-NNNNN.parquet
@@ -38,7 +38,7 @@ from indextts_ray.data.features.builtin import codebook_path, fit_codebook
 from indextts_ray.data.manifest import Rejection
 from indextts_ray.data.metadata import MetadataScan, resolve_inputs, scan_manifest, tokenize_table
 from indextts_ray.data.pairing import stable_hash
-from indextts_ray.data.plan import ShardPlan, pair_table, plan_shards
+from indextts_ray.data.plan import ShardPlan, pair_rows, plan_shards
 from indextts_ray.data.schema import REJECTED_SCHEMA, SCHEMA_VERSION
 from indextts_ray.data.shards import ShardContext, ShardWorker
 from indextts_ray.data.stats import build_stats
@@ -84,7 +84,7 @@ def prepare_dataset(cfg: Config, restart: bool | Literal["if_changed"] = False) 
     log.info("metadata: %d rows in, %d accepted, %d rejected", scan.rows_in, scan.table.num_rows, len(scan.rejected))
     tok = _tokenizer(cfg, scan, out)
     tokenize_table(scan, tok, max_text)
-    pairing = pair_table(scan, data)
+    pairing = pair_rows(scan, data)
     if data.features.kind == "builtin":
         if pc.any(pc.is_valid(scan.table.column("codes_path"))).as_py():
             raise DataError("the manifest has precomputed codes_path (MaskGCT codes) but data.features.kind is "

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from indextts_ray.data.manifest import OPTIONAL, PRECOMPUTED_USED, REQUIRED, RawRow, Rejection, resolve_path
 
@@ -166,6 +168,85 @@ def check_fields(row: RawRow, ctx: RowContext) -> Record | Rejection:
         emotion=emotion, emotion_id=emotion_id, prompt_audio_path=paths["prompt_audio_path"],
         emotion_audio_path=paths["emotion_audio_path"], codes_path=paths["codes_path"],
     )
+
+
+# Arrow regular expressions (RE2) for `check_fields_block`: a value Python's str.strip() would change, and a
+# path that is not plain (absolute, empty, "." or ".." parts, a trailing slash).
+# the characters str.isspace() / str.strip() treat as whitespace (tests/data/test_metadata.py checks the list)
+PY_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+_PY_WHITESPACE = "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE)
+_EDGE_WHITESPACE = f"^[{_PY_WHITESPACE}]|[{_PY_WHITESPACE}]$"
+_NOT_PLAIN_PATH = r"^/|//|(^|/)\.|/$"
+_ID_TYPES = (pa.string(), pa.int64(), pa.null())
+_DURATION_TYPES = (pa.float64(), pa.int64(), pa.null())
+
+
+def check_fields_block(table: pa.Table, lines: list[int], source: str, ctx: RowContext) -> list[Record | None] | None:
+    """`check_fields` for a block of JSON rows parsed by Arrow (`manifest.parse_json_block`), vectorised.
+
+    Returns a `Record` for each row that certainly passes with these values, None for a row the caller
+    must check with `check_fields` (it may fail, or need the general case), or None for the whole block
+    when its columns do not allow the fast checks (types, an unknown field missing from some rows).
+    """
+    names = set(table.column_names)
+    if ctx._plain_prefix is None or not all(table.column(k).null_count == 0 for k in names - _KNOWN):
+        return None  # "absent" and "null" look the same in Arrow: counting ignored fields needs them everywhere
+    n = table.num_rows
+    slow = np.zeros(n, dtype=bool)
+    cols: dict[str, list] = {}
+    for key in ("id", "speaker", *_STRINGS):
+        col = table.column(key) if key in names else pa.nulls(n, pa.null())
+        if col.type not in (_ID_TYPES if key in ("id", "speaker") else (pa.string(), pa.null())):
+            return None  # Python rejects the rows with another type (bad_field) or stringifies ints: check them
+        required = key in ctx.required
+        valid = pc.is_valid(col)
+        if required:
+            slow |= ~_bools(valid)
+        if pa.types.is_string(col.type) and key != "text":
+            # empty or padded: missing, stripped, or (paths, emotion) the general case
+            odd = pc.or_(pc.equal(pc.utf8_length(col), 0), pc.match_substring_regex(col, _EDGE_WHITESPACE))
+            if key in _PATHS:
+                odd = pc.or_(odd, pc.match_substring_regex(col, _NOT_PLAIN_PATH))
+            elif key == "emotion":  # only a label as written (check_fields strips and lower-cases)
+                labels = [label for label in ctx.emotion_index if label == label.strip().lower()]
+                odd = pc.invert(pc.is_in(col, pa.array(labels, pa.string())))
+            slow |= _bools(pc.and_(valid, pc.fill_null(odd, True)))
+        if pa.types.is_integer(col.type):
+            col = pc.cast(col, pa.string())  # str(int): the same digits
+        cols[key] = col.to_pylist()
+    durations = table.column("duration") if "duration" in names else pa.nulls(n, pa.float64())
+    if durations.type not in _DURATION_TYPES:
+        return None
+    d = durations.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls -> NaN
+    # (0, 2**53): finite, not negative, not -0.0, and exact even if Arrow read an integer token into a float column
+    slow |= pc.is_valid(durations).to_numpy(zero_copy_only=False) & ~((d > 0) & (d < 2.0**53))
+    dur = durations.cast(pa.float64()).to_pylist()
+
+    out: list[Record | None] = []
+    prefix, emotion_index = ctx._plain_prefix, ctx.emotion_index
+    unknown = names - _KNOWN
+    for i in range(n):
+        if slow[i]:
+            out.append(None)
+            continue
+        path, prompt, emo, codes, emotion = (cols[k][i] for k in ("audio_path", "prompt_audio_path",
+                                                                  "emotion_audio_path", "codes_path", "emotion"))
+        out.append(Record(
+            source=source, line=lines[i], id=cols["id"][i], audio_path=prefix + path, text=cols["text"][i],
+            speaker=cols["speaker"][i], language=cols["language"][i] or "", duration=dur[i], emotion=emotion,
+            emotion_id=-1 if emotion is None else emotion_index[emotion],
+            prompt_audio_path=None if prompt is None else prefix + prompt,
+            emotion_audio_path=None if emo is None else prefix + emo,
+            codes_path=None if codes is None else prefix + codes,
+        ))
+    fast = int(n - slow.sum())
+    for key in unknown:  # rows checked here (the others are counted by check_fields)
+        ctx.ignored_fields[key] = ctx.ignored_fields.get(key, 0) + fast
+    return out
+
+
+def _bools(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 # Tab/newline inside a text are harmless whitespace; other C0/C1 controls, lone surrogates and private-use

@@ -117,6 +117,7 @@ _MONTH_DAY = re.compile(r"\b(" + "|".join(MONTHS) + r")\s(\d{1,2})(?:st|nd|rd|th
 _VERSION = re.compile(r"(?<![\d.])\d+(?:\.\d+){2,}(?![\d])")
 _FRACTION = re.compile(r"(?<![\d/.])(\d)/(\d{1,2})(?![\d/])")
 _AMPERSAND = re.compile(r"(?<=\s)&(?=\s)")
+_DIGIT = re.compile(r"\d")
 
 
 def _ampm(letter: str | None) -> str:
@@ -208,7 +209,7 @@ def normalize_english(text: str) -> str:
     text = _MONTH_ABBREVIATION.sub(lambda m: _MONTH_ABBREVIATIONS[m.group()], text)
     text = _NUMBER_SIGN.sub("number ", text)
     text = _AMPERSAND.sub("and", text)
-    if not re.search(r"\d", text):
+    if not _DIGIT.search(text):
         return text
     text = _PHONE.sub(_phone, text)
     text = _ISO_DATE.sub(_iso_date, text)

@@ -118,6 +118,8 @@ _MAIN = re.compile(
 _WORD_ACRONYM = re.compile(r"(?<![A-Za-z])(" + _alternation(WORD_ACRONYMS) + r")(?![A-Za-z])")
 _ACRONYM = re.compile(r"(?<![A-Za-z&])[A-Z]+(?:&[A-Z]+)*(?![a-z&])")
 _LETTER_CONTEXT = re.compile(r"[가-힣0-9-]")
+_DIGIT_OR_CAPITAL = re.compile(r"[0-9A-Z]")
+_DIGIT = re.compile(r"\d")
 
 
 def _phone(m: re.Match) -> str:
@@ -256,9 +258,9 @@ def normalize_korean(text: str) -> str:
         text: text after the common cleanup (NFC, whitespace); punctuation spacing is fixed by the caller.
     """
     text = ascii_forms(text)
-    if not re.search(r"[0-9A-Z]", text):
+    if not _DIGIT_OR_CAPITAL.search(text):
         return text
-    if not re.search(r"\d", text):  # every rule up to the acronyms needs a digit
+    if not _DIGIT.search(text):  # every rule up to the acronyms needs a digit
         return _ACRONYM.sub(_acronym, _WORD_ACRONYM.sub(lambda m: WORD_ACRONYMS[m.group()], text))
     text = _PHONE.sub(_phone, text)
     text = _PHONE_SERVICE.sub(_phone, text)
