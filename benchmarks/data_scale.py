@@ -32,6 +32,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -161,14 +162,19 @@ def write_manifest(path: Path, counts: np.ndarray, pool: list[dict], seed: int, 
 # ----------------------------------------------------------------------------- the stages
 
 
-def write_metadata_shards(plans, out: Path) -> int:
-    n = 0
-    for p in plans:
-        (out / p.split).mkdir(parents=True, exist_ok=True)
+def write_metadata_shards(plans, out: Path, workers: int) -> int:
+    """Each planned shard's rows as a zstd Parquet file, on `workers` threads (prepare writes shards on
+    `data.workers` Ray actors; Arrow's take and Parquet writer run without the GIL)."""
+    for split in {p.split for p in plans}:
+        (out / split).mkdir(parents=True, exist_ok=True)
+
+    def write(p) -> int:
         rows = p.rows
         pq.write_table(rows, out / p.name, compression="zstd")
-        n += rows.num_rows
-    return n
+        return rows.num_rows
+
+    with ThreadPoolExecutor(workers) as pool:
+        return sum(pool.map(write, plans))
 
 
 def read_pyarrow(files: list[Path], batch_rows: int) -> int:
@@ -241,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def shard() -> int:
             pair_rows(scan, cfg)
-            return write_metadata_shards(plan_shards(scan.table, cfg, feat_dim=1024), out)
+            return write_metadata_shards(plan_shards(scan.table, cfg, feat_dim=1024), out, max(1, cfg.workers))
 
         written = stage("pair + plan + shard", lambda n: n, shard, log)
         assert written + len(scan.rejected) == args.rows, "rows in != written + rejected"

@@ -119,11 +119,14 @@ def scan_manifest(cfg: DataConfig, emotion_labels: list[str], chunk_bytes: int =
     ignored: Counter = Counter()
     lines_before, t0 = 0, time.monotonic()
     for part in _scan_ranges(job, ranges, cfg.scan_workers):
-        # line numbers in a range count from its first line: make them the file's
+        # line numbers in a range count from its first line: make them the file's. The columns are copied into
+        # Arrow's memory pool so the received bytes go now: buffers freed back to Python's allocator would not
+        # be reused for the Arrow buffers built later, and the peak memory would hold both.
         acc = pa.ipc.open_stream(part.accepted).read_next_batch()
         batches.append(pa.RecordBatch.from_arrays(
-            [pc.add(c, lines_before) if name == "line" else c for name, c in zip(acc.schema.names, acc.columns)],
-            schema=acc.schema))
+            [pc.add(c, lines_before) if name == "line" else pa.concat_arrays([c])
+             for name, c in zip(acc.schema.names, acc.columns)], schema=acc.schema))
+        del acc
         rejected += [r._replace(line=r.line + lines_before) for r in part.rejected]
         lines_before += part.lines
         scan.rows_in += part.rows_in
@@ -162,7 +165,6 @@ class _RangeResult:
     lines: int  # lines in the range, blank ones included
     rows_in: int
     accepted: bytes  # Arrow IPC stream of one _RANGE_SCHEMA batch, line numbers relative to the range
-    # (bytes, not a pickled batch: the driver reads it without copying, so memory holds it once)
     rejected: list[_Rejected]
     ignored_fields: Counter
     leftover_chars: Counter  # over the accepted rows' text_norm

@@ -22,7 +22,14 @@ from indextts_ray.data.config import DataConfig, SplitConfig
 from indextts_ray.data.features.base import FRAME_RATE
 from indextts_ray.data.manifest import Rejection
 from indextts_ray.data.metadata import MetadataScan, reject_row
-from indextts_ray.data.pairing import REJECT_REASONS, column_codes, hash_column, pair_codes, stable_hashes
+from indextts_ray.data.pairing import (
+    REJECT_REASONS,
+    column_codes,
+    hash_column,
+    hash_columns,
+    pair_codes,
+    stable_hashes,
+)
 
 SPLITS = ("train", "val")
 
@@ -171,12 +178,13 @@ def _split_threshold(cfg: SplitConfig) -> np.uint64:
     return np.uint64(math.ceil(cfg.val_fraction * 2.0**64))
 
 
-def _split_table(table: pa.Table, cfg: SplitConfig) -> np.ndarray:
-    """`split_rows` for a table; a speaker split hashes each speaker once."""
+def _split_and_order(table: pa.Table, cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(`split_rows` of a table, each row's "order" hash); a speaker split hashes each speaker once."""
     if cfg.by == "id":
-        return hash_column(table.column("id"), f"split{cfg.seed}") < _split_threshold(cfg)
+        split_key, order_key = hash_columns(table.column("id"), [f"split{cfg.seed}", "order"])
+        return split_key < _split_threshold(cfg), order_key
     codes, names = column_codes(table.column("speaker"))
-    return (hash_column(names, f"split{cfg.seed}") < _split_threshold(cfg))[codes]
+    return (hash_column(names, f"split{cfg.seed}") < _split_threshold(cfg))[codes], hash_column(table.column("id"), "order")
 
 
 def estimate_row_bytes(t: pa.Table, cfg: DataConfig, feat_dim: int) -> np.ndarray:
@@ -210,8 +218,7 @@ def _first_or(lists: pa.ChunkedArray, default: float) -> np.ndarray:
 
 def plan_shards(table: pa.Table, cfg: DataConfig, feat_dim: int) -> list[ShardPlan]:
     """Cut each split into shards of at most `shard_rows` rows and about `shard_mb` MiB (estimated)."""
-    is_val = _split_table(table, cfg.split)
-    order_key = hash_column(table.column("id"), "order")
+    is_val, order_key = _split_and_order(table, cfg.split)
     est = estimate_row_bytes(table, cfg, feat_dim)
     budget = cfg.shard_mb * 2**20
     plans: list[ShardPlan] = []

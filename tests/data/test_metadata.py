@@ -81,3 +81,84 @@ def test_line_ranges_are_whole_lines(tmp_path):
     assert line_ranges(p, 1) == [(0, 9), (9, 10), (10, 21), (21, len(data))]
     (tmp_path / "empty.jsonl").write_bytes(b"")
     assert line_ranges(tmp_path / "empty.jsonl", 10) == [(0, 0)]
+
+
+def test_arrow_blocks_give_the_line_by_line_result(messy, monkeypatch):
+    """The vectorised JSON path (Arrow parse + block field checks) changes nothing: same as `check_fields` alone."""
+    from indextts_ray.data import metadata
+
+    cfg, _ = messy
+    fast = _result(scan_manifest(cfg, list(EMOTION_LABELS)))
+    monkeypatch.setattr(metadata, "parse_json_block", lambda lines: None)
+    slow = _result(scan_manifest(cfg, list(EMOTION_LABELS)))
+    assert fast.pop("table").equals(slow.pop("table"))
+    assert fast == slow
+
+
+# lines where Arrow's JSON reader and Python's json could disagree, or where the block checks must step aside
+TRICKY = [
+    '{"id": "a", "audio_path": "w/a.wav", "text": "hi", "speaker": "s", "duration": 1.5}',
+    '{"id": 7, "audio_path": "w/a.wav", "text": "hi", "speaker": 12, "duration": 2}',
+    '{"id": "b", "audio_path": "w/a.wav", "text": "hi", "speaker": "s", "duration": NaN}',
+    '{"id": "c", "audio_path": "w/a.wav", "text": "hi", "speaker": "s", "duration": Infinity}',
+    '{"id": "d", "audio_path": "w/a.wav", "text": "hi", "speaker": "s", "duration": 123456789012345678901234}',
+    '{"id": "e", "audio_path": "w/a.wav", "text": "hi", "speaker": "s", "duration": -0.0}',
+    '{"id": "f", "audio_path": "w/a.wav", "text": "hi", "speaker": "s", "duration": 0}',
+    '{"id": "g", "audio_path": "./w/a.wav", "text": "hi", "speaker": "s"}',
+    '{"id": "h", "audio_path": "../a.wav", "text": "hi", "speaker": "s"}',
+    '{"id": "i", "audio_path": "/abs/a.wav", "text": "hi", "speaker": "s"}',
+    '{"id": "j", "audio_path": "w//a.wav", "text": "hi", "speaker": "s", "prompt_audio_path": ""}',
+    '{"id": " k", "audio_path": "w/a.wav ", "text": " ", "speaker": "s\\u3000", "language": " en"}',
+    '{"id": "l", "audio_path": "w/a.wav", "text": "hi", "speaker": "s", "emotion": " Happy "}',
+    '{"id": "m", "audio_path": "w/a.wav", "text": "hi", "speaker": "s", "emotion": "happy", "extra": 1}',
+    '{"id": "n", "audio_path": "w/a.wav", "text": "hi", "speaker": "s", "emotion": ""}',
+    '{"id": "o", "audio_path": "w/a.wav", "text": null, "speaker": "s"}',
+    '{"id": "p", "id": "q", "audio_path": "w/a.wav", "text": "hi", "speaker": "s"}',
+    '{"id": "r", "audio_path": "w/a.wav", "text": "tab\there", "speaker": "s"}',
+    '{"id": "s", "audio_path": "w/a.wav", "text": "\\ud800", "speaker": "s"}',
+    '{"id": "t", "audio_path": "w/a.wav", "text": "hi", "speaker": true}',
+    '{"id": "u", "audio_path": "w/a.wav", "text": 5, "speaker": "s"}',
+    '{"id": "v", "audio_path": "w/a.wav", "text": "hi", "speaker": "s", "duration": "1.0"}',
+    '{"id": "w", "audio_path": "w/a.wav", "text": "\\u00e9t\\u00e9 \\"q\\" \\\\ /", "speaker": "s"}',
+    '{"a": 1} {"b": 2}',
+    '{"id": "x"} null',
+    'null',
+    '[1, 2]',
+    '{"id": "y", "audio_path": "w/a.wav", "text": "hi", "speaker": "s"}\r',
+    '{}',
+]
+
+
+def test_block_field_checks_agree_with_check_fields(tmp_path):
+    """Every Record the block checks give equals `check_fields`' one; all other rows are left to it."""
+    import random
+
+    from indextts_ray.data.manifest import is_json_object_line, parse_json_block, parse_line
+    from indextts_ray.data.validate import Record, RowContext, check_fields, check_fields_block
+
+    rng = random.Random(0)
+    for trial in range(60):
+        lines = [rng.choice(TRICKY).encode() for _ in range(rng.randint(1, 8))]
+        objects = [raw for raw in lines if is_json_object_line(raw)]
+        if any(raw.strip() == b"null" for raw in objects):
+            raise AssertionError("a bare null must never reach Arrow (it crashes the reader)")
+        table = parse_json_block(objects)
+        fast_ctx = RowContext(tmp_path, tmp_path, list(EMOTION_LABELS), "jsonl")
+        slow_ctx = RowContext(tmp_path, tmp_path, list(EMOTION_LABELS), "jsonl")
+        records = None if table is None else check_fields_block(table, list(range(len(objects))), "m", fast_ctx)
+        for k, raw in enumerate(objects):
+            expected = check_fields(parse_line(raw, k, "m", "jsonl"), slow_ctx)
+            got = records[k] if records is not None else None
+            if got is None:
+                check_fields(parse_line(raw, k, "m", "jsonl"), fast_ctx)  # what the scan does with the row
+            else:
+                assert isinstance(expected, Record) and got == expected, (trial, raw)
+        assert fast_ctx.ignored_fields == slow_ctx.ignored_fields
+
+
+def test_python_whitespace_list_is_complete():
+    import sys
+
+    from indextts_ray.data.validate import PY_WHITESPACE
+
+    assert PY_WHITESPACE == "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
