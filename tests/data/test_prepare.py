@@ -231,3 +231,16 @@ def test_restart_deletes_only_this_steps_outputs(tmp_path):
     _claim_output_dir(out, "new", restart=True)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "plan.json"]
     assert json.loads((out / "plan.json").read_text())["fingerprint"] == "new"
+
+
+def test_read_shards_gives_every_row_once(prepared):
+    import ray
+
+    from indextts_ray.data.shards import read_shards
+
+    files = sorted(prepared.glob("*/shard-*.parquet"))
+    before = ray.data.DataContext.get_current().use_datasource_v2
+    ds = read_shards(files + files[:1])  # a path given twice is read once
+    assert ray.data.DataContext.get_current().use_datasource_v2 == before  # changed only while planning the read
+    ids = [i for b in ds.iter_batches(batch_format="pyarrow") for i in b.column("id").to_pylist()]
+    assert sorted(ids) == sorted(r["id"] for r in _shards(prepared))
