@@ -35,14 +35,17 @@ class Progress:
     skipped_steps: int = 0
     band: dict = field(default_factory=dict)  # BandController.state_dict(): resume continues the same control
     rollbacks: int = 0  # reloads of the last checkpoint after a divergence
+    guard: dict = field(default_factory=dict)  # SpikeGuard.state_dict(): running means, skip counters
+    early_stop: dict = field(default_factory=dict)  # EarlyStopping.state_dict(): best value/step, patience used
 
 
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 10_007 + micro * 101 + rank) % (2**63 - 1)
 
 
-def save_state(directory: Path, *, model, optimizer, scheduler, scaler, progress: Progress, config: dict) -> Path:
-    """Write `state.pt` (atomic) and `checksums.json` into `directory`."""
+def save_state(directory: Path, *, model, optimizer, scheduler, scaler, progress: Progress, config: dict,
+               ema=None) -> Path:
+    """Write `state.pt` (atomic) and `checksums.json` into `directory` (`ema`: an `EMA`, or None)."""
     directory.mkdir(parents=True, exist_ok=True)
     blob = {
         "format_version": FORMAT_VERSION,
@@ -52,14 +55,18 @@ def save_state(directory: Path, *, model, optimizer, scheduler, scaler, progress
         "scaler": scaler.state_dict(),
         "progress": asdict(progress),
         "config": json.dumps(config),
+        "ema": ema.state_dict() if ema is not None else None,
     }
     path = atomic_write(directory / STATE_FILE, lambda tmp: torch.save(blob, tmp))
     atomic_write_json(directory / "checksums.json", {STATE_FILE: sha256_file(path)})
     return path
 
 
-def load_state(directory: Path, *, model, optimizer, scheduler, scaler) -> tuple[Progress, dict]:
-    """Restore everything from `directory`; verify the checksum; refuse unknown or missing keys."""
+def load_state(directory: Path, *, model, optimizer, scheduler, scaler, ema=None) -> tuple[Progress, dict]:
+    """Restore everything from `directory`; verify the checksum; refuse unknown or missing keys.
+
+    A checkpoint without an average (written before EMA was switched on) restarts `ema` at the restored weights.
+    """
     path = directory / STATE_FILE
     sums = json.loads((directory / "checksums.json").read_text())
     if sha256_file(path) != sums[STATE_FILE]:
@@ -73,6 +80,11 @@ def load_state(directory: Path, *, model, optimizer, scheduler, scaler) -> tuple
     scaler.load_state_dict(blob.pop("scaler"))
     progress = Progress(**blob.pop("progress"))
     config = json.loads(blob.pop("config"))
+    ema_state = blob.pop("ema", None)  # absent in checkpoints written before EMA existed
+    if ema is not None and ema_state is not None:
+        ema.load_state_dict(ema_state)
+    elif ema is not None:
+        ema.reset(model)
     if blob:
         raise DataError(f"{path}: unexpected keys {sorted(blob)}")
     return progress, config

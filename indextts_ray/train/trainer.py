@@ -12,6 +12,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from indextts_ray.config import Config, write_resolved_config
+from indextts_ray.data.mixing import check_compatible
 from indextts_ray.errors import UserError
 from indextts_ray.train.loop import train_loop_per_worker
 from indextts_ray.train.shards import list_shards
@@ -26,9 +27,14 @@ def absolutize(cfg: Config, base: Path | None = None) -> Config:
     def fix(p: str | None) -> str | None:
         return None if p is None else str((base / p).resolve()) if not os.path.isabs(p) else p
 
+    mixture = cfg.train.mixture
+    if mixture is not None:
+        mixture = mixture.model_copy(update={"datasets": [d.model_copy(update={"path": fix(d.path)})
+                                                          for d in mixture.datasets]})
     update = {
         "train": cfg.train.model_copy(update={
             "data_dir": fix(cfg.train.data_dir),
+            "mixture": mixture,
             "init_checkpoint": fix(cfg.train.init_checkpoint),
             "speaker_mapping": fix(cfg.train.speaker_mapping),
         }),
@@ -39,13 +45,17 @@ def absolutize(cfg: Config, base: Path | None = None) -> Config:
 
 def check_inputs(cfg: Config) -> None:
     tc = cfg.train
-    if tc.data_dir is None:
-        raise UserError("train.data_dir is not set: point it at the output of `indextts-ray prepare`")
+    if not tc.data_dirs:
+        raise UserError("train.data_dir is not set: point it at the output of `indextts-ray prepare` "
+                        "(or list several prepared datasets in train.mixture)")
     for path, what in ((tc.init_checkpoint, "train.init_checkpoint"), (tc.speaker_mapping, "train.speaker_mapping")):
         if path is not None and not Path(path).exists():
             raise UserError(f"{what}: {path} does not exist")
-    list_shards(Path(tc.data_dir) / "train")
-    list_shards(Path(tc.data_dir) / "val")
+    for d in tc.data_dirs:
+        list_shards(Path(d) / "train")
+        list_shards(Path(d) / "val")
+    if tc.mixture is not None:
+        check_compatible([Path(d) for d in tc.data_dirs])
 
 
 def build_trainer(cfg: Config) -> TorchTrainer:
@@ -68,7 +78,7 @@ def build_trainer(cfg: Config) -> TorchTrainer:
                                                         os.environ.get("PYTHONPATH")])),
         }},
     )
-    val = ray.data.read_parquet([str(p) for p in list_shards(Path(tc.data_dir) / "val")])
+    val = ray.data.read_parquet([str(p) for d in tc.data_dirs for p in list_shards(Path(d) / "val")])
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg.model_dump(mode="json"),
