@@ -17,6 +17,21 @@ class SynthStep(StrictModel):
     seed: int = 0
 
 
+class TokenizerStep(StrictModel):
+    """Optional step before prepare: a BPE model for the corpus, used by prepare (and then by training).
+
+    Without it `prepare` trains one on its own when `data.tokenizer` is unset; the step exists to extend an
+    existing model (`base`, e.g. the official bpe.model) with a new language keeping every old id, or to
+    train one once and share it.
+    """
+
+    enabled: bool = False
+    base: str | None = Field(None, description="bpe.model to extend (ids kept); None = train a new one")
+    pieces: int = Field(2000, ge=1, description="extend: at most this many new pieces")
+    language: str | None = Field(None, description="extend: learn new pieces only from this language's rows")
+    character_coverage: float = Field(1.0, gt=0, le=1)
+
+
 class SpeakersStep(StrictModel):
     top_k: int = Field(500, ge=1)
     min_samples: int = Field(50, ge=1)
@@ -37,6 +52,7 @@ class EvalStep(StrictModel):
 class PipelineConfig(StrictModel):
     work_dir: str = "pipeline_out"
     synth: SynthStep = SynthStep()
+    tokenizer: TokenizerStep = TokenizerStep()
     speakers: SpeakersStep = SpeakersStep()
     stage1: StageStep = StageStep(config="configs/stage1.yaml")
     stage2: StageStep = StageStep(config="configs/stage2.yaml")

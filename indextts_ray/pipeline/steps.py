@@ -1,4 +1,4 @@
-"""The recipe as a DAG of steps: synth? -> prepare -> speakers -> stage1 -> stage2 -> stage3 -> export -> eval.
+"""The recipe as a DAG of steps: synth? -> tokenizer? -> prepare -> speakers -> stage1 -> stage2 -> stage3 -> export -> eval.
 
 Each step is a function of the resolved pipeline `Config` that writes into `pipeline.work_dir`; the same
 function runs in-process (`pipeline run`) and inside a Ray Job (`jobs/<step>.py`, `pipeline submit`).
@@ -33,6 +33,10 @@ class Layout:
         return self.work / "prepared"
 
     @property
+    def tokenizer(self) -> Path:
+        return self.work / "tokenizer" / "bpe.model"
+
+    @property
     def mapping(self) -> Path:
         return self.work / "speaker_mapping.json"
 
@@ -64,6 +68,11 @@ def data_config(cfg: Config) -> Config:
         update |= {"manifest": str(lay.corpus / "manifest.jsonl"), "root": str(lay.corpus)}
     elif cfg.data.manifest is None:
         raise ConfigError("data.manifest is not set (or enable pipeline.synth for the synthetic corpus)")
+    if cfg.pipeline.tokenizer.enabled:
+        if cfg.data.tokenizer is not None:
+            raise ConfigError("pipeline.tokenizer.enabled makes the tokenizer; leave data.tokenizer unset "
+                              "(or disable the step to use data.tokenizer as it is)")
+        update["tokenizer"] = str(lay.tokenizer)
     return cfg.model_copy(update={"data": cfg.data.model_copy(update=update)})
 
 
@@ -104,6 +113,33 @@ def run_synth(cfg: Config) -> dict:
     manifest = make_corpus(layout(cfg).corpus, n_speakers=s.speakers, utts_per_speaker=s.utts_per_speaker,
                            languages=tuple(s.languages), seed=s.seed)
     return {"manifest": str(manifest)}
+
+
+def run_tokenizer(cfg: Config) -> dict:
+    """Train a BPE on the corpus text (normalised as prepare does), or extend `pipeline.tokenizer.base`."""
+    from indextts_ray.data.tokenizer import extend_tokenizer, load_tokenizer, manifest_texts, train_tokenizer
+
+    t, data, out = cfg.pipeline.tokenizer, data_config(cfg).data, layout(cfg).tokenizer
+    by_lang, skipped = manifest_texts(data.manifest, data.format, data.text)
+    if t.base is None:
+        texts = [x for xs in by_lang.values() for x in xs]
+        train_tokenizer(texts, out.with_suffix(""), data.tokenizer_vocab_size, t.character_coverage)
+        return {"vocab_size": load_tokenizer(out).vocab_size, "texts": len(texts), "rows_without_text": skipped}
+    if t.language is not None and t.language not in by_lang:
+        raise ConfigError(f"pipeline.tokenizer.language={t.language!r}: the manifest has rows of "
+                          f"{', '.join(sorted(by_lang))} only")
+    texts = by_lang[t.language] if t.language else [x for xs in by_lang.values() for x in xs]
+    report = extend_tokenizer(t.base, texts, out, t.pieces, coverage_texts=by_lang,
+                              character_coverage=t.character_coverage)
+    if report.new_vocab > cfg.model.number_text_tokens:
+        raise ConfigError(f"{out}: {report.new_vocab} pieces > model.number_text_tokens "
+                          f"{cfg.model.number_text_tokens}; set model.number_text_tokens={report.new_vocab} or more "
+                          "(the init checkpoint's text embedding grows on load, old rows unchanged)")
+    for lang in sorted(by_lang):
+        print(f"[tokenizer] {lang}: unknown characters {1 - report.coverage_before[lang]['coverage']:.2%} -> "
+              f"{1 - report.coverage_after[lang]['coverage']:.2%}")
+    return {"vocab_size": report.new_vocab, "added": report.added, "base_vocab": report.base_vocab,
+            **{f"unknown_after/{lang}": 1 - c["coverage"] for lang, c in report.coverage_after.items()}}
 
 
 def run_prepare(cfg: Config) -> dict:
@@ -158,6 +194,11 @@ def run_eval(cfg: Config) -> dict:
     return {"report": str(lay.report / "report.md"), **summary["flat"]}
 
 
+def _manifest_fingerprint(cfg: Config) -> str | None:
+    """A user manifest's fingerprint; the synthetic one is covered by the synth step's key."""
+    return None if cfg.pipeline.synth.enabled else fingerprint_file(cfg.data.manifest)
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -176,15 +217,23 @@ def _stage_step(n: int, deps: tuple[str, ...]) -> Step:
 
 def build_graph(cfg: Config) -> list[Step]:
     """Steps in execution order (a topological order of the DAG)."""
-    prepare_deps = ("synth",) if cfg.pipeline.synth.enabled else ()
+    corpus_deps = ("synth",) if cfg.pipeline.synth.enabled else ()
     steps = []
     if cfg.pipeline.synth.enabled:
         steps.append(Step("synth", (), run_synth, lambda c: config_to_dict(c.pipeline.synth),
                           lambda lay: [lay.corpus / "manifest.jsonl"]))
+    prepare_deps = corpus_deps
+    if cfg.pipeline.tokenizer.enabled:
+        steps.append(Step("tokenizer", corpus_deps, run_tokenizer,
+                          lambda c: [config_to_dict(c.pipeline.tokenizer), config_to_dict(c.data.text),
+                                     c.data.tokenizer_vocab_size, fingerprint_file(c.pipeline.tokenizer.base),
+                                     _manifest_fingerprint(c)],
+                          lambda lay: [lay.tokenizer]))
+        prepare_deps = (*corpus_deps, "tokenizer")
     steps += [
         Step("prepare", prepare_deps, run_prepare,
              lambda c: [config_to_dict(data_config(c).data), config_to_dict(c.model),
-                        None if c.pipeline.synth.enabled else fingerprint_file(c.data.manifest)],
+                        _manifest_fingerprint(c)],
              lambda lay: [lay.prepared / "dataset.json"]),
         Step("speakers", ("prepare",), run_speakers, lambda c: config_to_dict(c.pipeline.speakers),
              lambda lay: [lay.mapping]),

@@ -242,6 +242,7 @@ def train_loop_per_worker(config: dict) -> None:
             if progress.step % tc.eval_every_steps == 0 or run_done:
                 with ema_weights(ema, model, tc.ema.use_for_eval):
                     val = evaluate(model, tc, device, amp_dtype, speaker_to_id, emotion_of, world_size)
+                keep_best(model, ema, progress, val, cfg, rank, run_dir)
                 stop = stopper.update(progress.step, val[tc.early_stopping.metric])  # same value on every rank
                 tracker.log({**val, "step": progress.step}, progress.step, line=False)
                 if rank == 0:
@@ -404,13 +405,8 @@ def evaluate(model: TrainingModel, tc, device, amp_dtype, speaker_to_id, emotion
 
 def report_checkpoint(model, optimizer, scheduler, scaler, progress: Progress, cfg: Config, rank: int,
                       val: dict | None, run_dir: Path, ema: EMA | None = None) -> None:
-    """Every rank calls report (it is a barrier); rank 0 attaches the checkpoint and keeps `best/`."""
+    """Every rank calls report (it is a barrier); rank 0 attaches the checkpoint."""
     metrics = {"step": progress.step, "epoch": progress.epoch, **(val or {})}
-    if val is not None and val["val_loss"] < progress.best_val:
-        progress.best_val = val["val_loss"]
-        if rank == 0:
-            with ema_weights(ema, model, cfg.train.ema.use_for_eval):  # best/ = the weights that were evaluated
-                _save_best(model, cfg, run_dir)
     checkpoint, tmp = None, None
     if rank == 0:
         tmp = Path(tempfile.mkdtemp(prefix="ckpt-"))
@@ -421,6 +417,19 @@ def report_checkpoint(model, optimizer, scheduler, scaler, progress: Progress, c
     # Ray deletes the local copy once it is in storage (after the upload when it runs in the background)
     ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step-{progress.step:08d}",
                      checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=tmp is not None)
+
+
+def keep_best(model, ema: EMA | None, progress: Progress, val: dict, cfg: Config, rank: int, run_dir: Path) -> None:
+    """After every evaluation (not only those that coincide with a checkpoint): a new best val_loss -> `best/`."""
+    if val["val_loss"] >= progress.best_val:
+        return
+    progress.best_val = val["val_loss"]
+    if rank == 0:
+        with ema_weights(ema, model, cfg.train.ema.use_for_eval):  # best/ = the weights that were evaluated
+            _save_best(model, cfg, run_dir)
+        with open(run_dir / "events.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"event": "best", "step": progress.step, "val_loss": val["val_loss"],
+                                "time": time.time()}) + "\n")
 
 
 def ema_weights(ema: EMA | None, model, use: bool):

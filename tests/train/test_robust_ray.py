@@ -34,7 +34,7 @@ def test_mixture_ema_early_stopping(ray_local, tmp_path):
     mixture = f"{{datasets: [{{path: {a}, weight: 3}}, {{path: {b}, weight: 1}}]}}"
     cfg = load_config(REPO / "configs/demo/stage1.yaml", [
         f"train.mixture={mixture}", f"run.output_dir={tmp_path}", "run.name=mix", "train.batch.max_tokens=400",
-        "train.eval_every_steps=2", "train.checkpoint.every_steps=2", "train.epochs=8", "train.ema.enabled=true",
+        "train.eval_every_steps=2", "train.checkpoint.every_steps=4", "train.epochs=8", "train.ema.enabled=true",
         "train.ema.decay=0.5", "train.early_stopping.enabled=true", "train.early_stopping.patience=1",
         "train.early_stopping.min_delta=100", "train.logging.sample_ids=true", *FAST])
     run_training(cfg)
@@ -45,6 +45,9 @@ def test_mixture_ema_early_stopping(ray_local, tmp_path):
     assert state["progress"]["early_stop"] == {"best": state["progress"]["early_stop"]["best"], "best_step": 2,
                                                "bad_evals": 1, "stopped_at": 4}
     assert state["ema"]["num_updates"] == 4 and state["ema"]["shadow"]
+    # best/ follows every evaluation, also the one at step 2 that no checkpoint coincides with
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "best"][0] == 2
     m = read_metrics(run_dir)
     assert {"mix/emo/loss", "mix/emo/epoch_samples", "mix/general/epoch_samples"} <= set(m[4])
     ids = [i for f in (run_dir / "samples").glob("rank*.jsonl") for line in f.read_text().splitlines()
@@ -67,14 +70,12 @@ def test_guard_skips_and_reloads_in_the_loop(tiny_dataset, ray_local, tmp_path):
     run_training(cfg)
     run_dir = tmp_path / "guard"
     progress = _state(run_dir)["progress"]
-    print(progress)
     assert progress["skipped_steps"] > 0 and progress["guard"]["skipped"] >= progress["skipped_steps"]
     for rank in (0, 1):
         rows = [json.loads(line) for line in (run_dir / "bad_batches" / f"rank{rank}.jsonl").read_text().splitlines()]
         assert rows and all(r["ids"] and r["reason"] in ("loss_spike", "grad_spike") for r in rows)
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()] \
         if (run_dir / "events.jsonl").exists() else []
-    print(events)
     reloads = [e for e in events if e["event"] == "guard_reload"]
     assert len(reloads) == progress["guard"]["reloads"] == progress["skipped_steps"]  # K = 1: every skip reloads
     assert reloads[-1]["lr_scale"] == 0.5 ** len(reloads)
