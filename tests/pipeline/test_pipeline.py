@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -69,17 +70,32 @@ def test_failed_step_stops_dependents_with_clear_message(work):
     assert states["stage3"] == "failed" and states["export"] == "stale"
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports nothing listens on right now (all held open until every one is picked)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 def test_submit_runs_steps_as_ray_jobs(tmp_path, monkeypatch):
     """A real local head with its job server (in a child process, so stopping it touches nothing else);
     the synth step goes through `JobSubmissionClient`, the second submit finds its receipt and submits nothing."""
-    port = 8299
+    gcs, port, agent, agent_grpc, metrics, env_agent, client = free_ports(7)
     # `--block` ties the head's processes to this child: terminating it stops this cluster only; its own
     # temp dir keeps its address file from redirecting other `ray.init()` calls on this machine
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")
     head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port=6399", "--num-cpus=1",
-         f"--temp-dir={temp_dir}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={port}", "--disable-usage-stats"],
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=1",
+         f"--temp-dir={temp_dir}", "--dashboard-host=127.0.0.1", f"--dashboard-port={port}",
+         # the session's own local Ray already holds the default agent ports: a clash leaves this head with no
+         # job agent ("No available agent to submit job")
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={env_agent}",
+         f"--ray-client-server-port={client}", "--disable-usage-stats"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
     try:
         deadline = time.time() + 300  # a loaded 2-core box can take minutes to start a head
