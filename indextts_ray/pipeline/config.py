@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from indextts_ray.schema import StrictModel
 
@@ -42,6 +42,8 @@ class StageStep(StrictModel):
 
     config: str
     overrides: list[str] = Field(default_factory=list)
+    tune: bool = Field(False, description="stage 2 only: `config` is a tune config (configs/tune/*.yaml); run the "
+                       "Ray Tune band-control search and take its best trial's weights as the Stage-2 result")
 
 
 class EvalStep(StrictModel):
@@ -50,6 +52,14 @@ class EvalStep(StrictModel):
 
 
 class PipelineConfig(StrictModel):
+    @model_validator(mode="after")
+    def _tune_only_in_stage2(self):
+        for n in (1, 3):
+            if getattr(self, f"stage{n}").tune:
+                raise ValueError(f"pipeline.stage{n}.tune: only stage 2 can be tuned")
+        return self
+
+
     work_dir: str = "pipeline_out"
     synth: SynthStep = SynthStep()
     tokenizer: TokenizerStep = TokenizerStep()

@@ -80,7 +80,9 @@ def stage_config(cfg: Config, stage: int) -> Config:
     """Stage N's config file + overrides, wired to the pipeline's data, mapping and previous stage's export."""
     lay = layout(cfg)
     step = getattr(cfg.pipeline, f"stage{stage}")
-    wiring = [f"train.data_dir={lay.prepared}", f"run.output_dir={lay.runs}", f"run.name=stage{stage}"]
+    # a search keeps its own dir: its trials' runs never mix with a plain run's checkpoints
+    name = f"stage{stage}-tune" if step.tune else f"stage{stage}"
+    wiring = [f"train.data_dir={lay.prepared}", f"run.output_dir={lay.runs}", f"run.name={name}"]
     if stage > 1:
         wiring.append(f"train.init_checkpoint={lay.final(stage - 1)}")
     if stage == 2:
@@ -167,14 +169,28 @@ def run_stage(cfg: Config, stage: int) -> dict:
     from indextts_ray.train.trainer import run_training
 
     scfg = stage_config(cfg, stage)
-    run_training(scfg)
     run_dir = Path(scfg.run.output_dir) / scfg.run.name
+    if getattr(cfg.pipeline, f"stage{stage}").tune:
+        return run_tuned_stage(scfg, layout(cfg).final(stage))
+    run_training(scfg)
     export_run(run_dir, layout(cfg).final(stage))
     metrics = read_metrics(run_dir)
     last = metrics[max(metrics)] if metrics else {}
     vals = [m["val_loss"] for m in metrics.values() if "val_loss" in m]
     return {"steps": max(metrics) if metrics else 0, "mel_loss": last.get("mel_loss"),
             "best_val_loss": min(vals) if vals else None}
+
+
+def run_tuned_stage(scfg: Config, final: Path) -> dict:
+    """The Ray Tune search in the stage's run dir; its best trial's export is copied to `final`."""
+    from indextts_ray.train.export import copy_dir
+    from indextts_ray.tune.search import run_tune
+
+    outcome = run_tune(scfg)
+    copy_dir(outcome.export, final)
+    best = next(r for r in outcome.rows if r["trial"] == outcome.best_trial)
+    return {"best_trial": outcome.best_trial, "trials": len(outcome.rows), "steps": best.get("steps"),
+            scfg.tune.metric: best.get(scfg.tune.metric), "best_config": str(outcome.best_config)}
 
 
 def run_export(cfg: Config) -> dict:
@@ -211,7 +227,7 @@ class Step:
 def _stage_step(n: int, deps: tuple[str, ...]) -> Step:
     return Step(f"stage{n}", deps, lambda c: run_stage(c, n),
                 lambda c: [config_to_dict(stage_config(c, n)), fingerprint_file(stage_config(c, n).train.init_checkpoint)
-                           if n == 1 else None],
+                           if n == 1 else None, getattr(c.pipeline, f"stage{n}").tune],
                 lambda lay: [lay.final(n) / "gpt.pth"])
 
 

@@ -52,7 +52,7 @@ def export_run(source: Path, out_dir: Path) -> Path:
     if ckpt != source and _stored_config(ckpt).train.export_best:
         if not (source / "best" / "gpt.pth").exists():
             raise UserError(f"{source}: train.export_from takes best/, but no validation ran yet")
-        return _copy_dir(source / "best", Path(out_dir))
+        return copy_dir(source / "best", Path(out_dir))
     model, cfg = model_from_checkpoint(ckpt)
     export_checkpoint(model, Path(out_dir))
     return Path(out_dir)
@@ -64,7 +64,7 @@ def _stored_config(checkpoint_dir: Path) -> Config:
     return Config.model_validate(json.loads(blob["config"]))
 
 
-def _copy_dir(src: Path, dst: Path) -> Path:
+def copy_dir(src: Path, dst: Path) -> Path:
     """Replace `dst` by a copy of `src` (copied beside it first, so a crash never leaves a half export)."""
     tmp = dst.with_name(f".{dst.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

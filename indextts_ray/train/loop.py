@@ -22,7 +22,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from indextts_ray.config import Config
+from indextts_ray.config import Config, config_hash
 from indextts_ray.data.bucketing import BucketingSettings, RankSchedule, padding_fraction, plan_epoch
 from indextts_ray.data.mixing import DatasetMeter, Mixture, dataset_bounds
 from indextts_ray.data.speakers import load_speaker_mapping
@@ -42,6 +42,7 @@ from indextts_ray.train.tracking import Tracker, device_peak_tflops
 from indextts_ray.tune.controller import controller_for
 
 log = logging.getLogger("indextts_ray.train")
+FINISHED = "finished.json"  # written by rank 0 when the loop ends normally
 
 METRIC_KEYS = ("loss", "text_loss", "mel_loss", "mel_top1", "mel_top5", "speaker_loss", "speaker_acc",
                "emotion_loss", "emotion_acc", "emotion_table_loss")
@@ -175,8 +176,11 @@ def train_loop_per_worker(config: dict) -> None:
                     out = ddp_model(batch, weights)
                     scaler.scale(out["loss"] / len(batches)).backward()
                 if audit is not None:
+                    # position (data consumed this epoch) is unique per step even when a skipped step and the
+                    # next one share a step number
                     audit.write(json.dumps({"attempt": attempt, "epoch": progress.epoch, "step": progress.step,
-                                            "rank": rank, "micro": k, "ids": _ids}) + "\n")
+                                            "position": progress.position, "rank": rank, "micro": k,
+                                            "ids": _ids}) + "\n")
                 for key in METRIC_KEYS:
                     sums[key] = sums.get(key, 0.0) + float(out[key]) / len(batches)
                 micro_losses.append(float(out["loss"]))
@@ -265,6 +269,15 @@ def train_loop_per_worker(config: dict) -> None:
     tracker.close()
     if audit is not None:
         audit.close()
+    if rank == 0:  # lets a rerun of the same config return at once (the loop would find nothing to do)
+        atomic_write_json(run_dir / FINISHED, {"config_hash": config_hash(cfg), "step": progress.step,
+                                               "epoch": progress.epoch, "time": time.time()})
+
+
+def read_finished(run_dir: Path) -> dict | None:
+    """The `finished.json` marker of a run that ended (all steps done or stopped early), or None."""
+    path = Path(run_dir) / FINISHED
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 # ----------------------------------------------------------------------------- helpers

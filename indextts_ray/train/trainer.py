@@ -11,10 +11,10 @@ import ray.data
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from indextts_ray.config import Config, write_resolved_config
+from indextts_ray.config import Config, config_hash, write_resolved_config
 from indextts_ray.data.mixing import check_compatible
 from indextts_ray.errors import UserError
-from indextts_ray.train.loop import train_loop_per_worker
+from indextts_ray.train.loop import read_finished, train_loop_per_worker
 from indextts_ray.train.shards import list_shards
 
 log = logging.getLogger("indextts_ray.train")
@@ -56,6 +56,21 @@ def check_inputs(cfg: Config) -> None:
         list_shards(Path(d) / "val")
     if tc.mixture is not None:
         check_compatible([Path(d) for d in tc.data_dirs])
+    check_freeze(cfg)
+
+
+def check_freeze(cfg: Config) -> None:
+    """Unknown `train.freeze` names fail here, before any worker starts (a worker error would be retried)."""
+    import torch
+
+    from indextts_ray.model.unifiedvoice import UnifiedVoice
+
+    with torch.device("meta"):  # module names only: no memory, no init cost
+        modules = dict(UnifiedVoice(cfg.model).named_children())
+    unknown = [n for n in cfg.train.freeze if n not in modules]
+    if unknown:
+        raise UserError(f"train.freeze: UnifiedVoice has no module {', '.join(map(repr, unknown))}; "
+                        f"its modules are {', '.join(modules)}")
 
 
 def build_trainer(cfg: Config) -> TorchTrainer:
@@ -89,11 +104,17 @@ def build_trainer(cfg: Config) -> TorchTrainer:
 
 
 def run_training(cfg: Config):
-    """Fit one stage. Rerunning with the same run.output_dir + run.name resumes (or does nothing if done)."""
+    """Fit one stage. Rerunning with the same run.output_dir + run.name resumes, or returns None at once when
+    the run finished with the same config (no Ray start)."""
     cfg = absolutize(cfg)
     check_inputs(cfg)
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     write_resolved_config(cfg, run_dir)
+    finished = read_finished(run_dir)
+    if finished is not None and finished["config_hash"] == config_hash(cfg):
+        log.info("%s finished at step %d with this config: nothing to do (change e.g. train.max_steps or "
+                 "train.epochs to train on)", run_dir, finished["step"])
+        return None
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
     result = build_trainer(cfg).fit()
