@@ -132,8 +132,9 @@ def train_loop_per_worker(config: dict) -> None:
     tracker = Tracker(rank, run_dir, cfg.run.name, cfg.model_dump(mode="json"), tc.logging)
     (run_dir / "workers").mkdir(parents=True, exist_ok=True)
     (run_dir / "workers" / f"rank{rank}.pid").write_text(str(os.getpid()))
-    audit = open(run_dir / "samples" / f"rank{rank}.jsonl", "a") if _mkdir(run_dir / "samples", tc.logging.sample_ids) \
-        else None  # noqa: SIM115
+    # line-buffered: a worker killed by a node loss must not take unwritten audit lines with it
+    audit = open(run_dir / "samples" / f"rank{rank}.jsonl", "a", buffering=1) \
+        if _mkdir(run_dir / "samples", tc.logging.sample_ids) else None  # noqa: SIM115
     if rank == 0:
         log.info("train rows %d (filtered %d), %d steps/epoch x %d epochs -> %d steps; trainable %s",
                  len(index), index.n_filtered, steps_per_epoch, tc.epochs, progress.total_steps, f"{params['trainable']:,}")
@@ -153,7 +154,7 @@ def train_loop_per_worker(config: dict) -> None:
             js = schedule.micro_batches(i)
             tables = [reader.read(plan[j]) for j in js]
             return [(collate(t, speaker_to_id, emotion_of), batch_ids(t), padding_fraction([plan[j]], index.lengths),
-                     int(mixed.dataset[j]) if mixed is not None else 0) for t, j in zip(tables, js)]
+                     int(mixed.dataset[j]) if mixed is not None else 0, j) for t, j in zip(tables, js)]
 
         prefetch = Prefetcher(micro_batches, steps_here)
         window = _Window()
@@ -164,11 +165,14 @@ def train_loop_per_worker(config: dict) -> None:
             lr = scheduler.get_last_lr()[0]
             ddp_model.train()
             weights = tc.loss.model_copy(update={"speaker": progress.speaker_weight})
+            step_lambda = progress.grl_lambda  # the values this step trains with (band control may change them)
             sums: dict[str, float] = {}
             step_flops = 0.0
             micro_losses = []
-            for k, (batch, _ids, pad, dataset) in enumerate(batches):
-                torch.manual_seed(step_seed(cfg.run.seed, progress.step, k, rank))
+            for k, (batch, _ids, pad, dataset, j) in enumerate(batches):
+                # seeded by the batch's place in the epoch plan, not by (rank, micro-step): the same batch gets
+                # the same dropout whatever the world size, so an elastic run reproduces a fixed-size one
+                torch.manual_seed(step_seed(cfg.run.seed, progress.epoch, j))
                 batch = {n: v.to(device, non_blocking=True) for n, v in batch.items()}
                 last = k == len(batches) - 1
                 sync = contextlib.nullcontext() if last or world_size == 1 else ddp_model.no_sync()
@@ -193,10 +197,13 @@ def train_loop_per_worker(config: dict) -> None:
                 sums["padding"] = sums.get("padding", 0.0) + pad / len(batches)
             scaler.unscale_(optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
-            # one all-reduce: the step's tokens and FLOPs, and the loss that every rank must judge the same
-            step_tokens, step_flops, loss_sum = _all_sum([sums.pop("tokens"), step_flops, sums["loss"]], device,
-                                                         world_size)
-            verdict = guard.check(loss_sum / world_size, grad_norm)
+            # one all-reduce: the step's tokens and FLOPs, and every metric averaged over ranks (the loss every
+            # rank must judge the same; logged values that do not depend on how batches are split over ranks)
+            keys = sorted(k for k in sums if k != "tokens")
+            reduced = _all_sum([sums.pop("tokens"), step_flops, *[sums[k] for k in keys]], device, world_size)
+            step_tokens, step_flops = reduced[0], reduced[1]
+            sums = {k: v / world_size for k, v in zip(keys, reduced[2:])}
+            verdict = guard.check(sums["loss"], grad_norm)
             guard.commit(verdict)
             if not verdict.ok:  # weights, optimizer, LR schedule, scaler and step counter stay as they are
                 discard_step(optimizer, scaler)
@@ -220,7 +227,7 @@ def train_loop_per_worker(config: dict) -> None:
             progress.tokens_seen += int(step_tokens)
             window.add(time.perf_counter() - t0, t_data, step_tokens, step_flops)
 
-            if band is not None and control_step(band, progress, model, sums, device, world_size, rank):
+            if band is not None and control_step(band, progress, model, sums, rank):
                 amp_dtype = amp_dtype if band.amp_enabled else None
                 if band.reload_requested:
                     prefetch.close()
@@ -230,7 +237,7 @@ def train_loop_per_worker(config: dict) -> None:
             if progress.step % tc.logging.every_steps == 0 or i == steps_here - 1:
                 metrics = {**sums, "step": progress.step, "epoch": progress.epoch, "time": time.time(), "lr": lr,
                            "grad_norm": grad_norm, "world_size": world_size, "grad_accum": grad_accum,
-                           "grl_lambda": progress.grl_lambda, "speaker_weight": progress.speaker_weight,
+                           "grl_lambda": step_lambda, "speaker_weight": weights.speaker,
                            **guard.metrics(), **window.rates(peak, world_size)}
                 if meter is not None:  # per-dataset loss over the window (all ranks) and samples this epoch
                     metrics.update(meter.metrics(_all_sum(meter.totals(), device, world_size)))
@@ -311,10 +318,9 @@ def report_parameters(summary: dict, run_dir: Path) -> None:
     atomic_write_json(run_dir / "parameters.json", summary)
 
 
-def control_step(band, progress: Progress, model, sums: dict, device, world_size: int, rank: int) -> bool:
+def control_step(band, progress: Progress, model, sums: dict, rank: int) -> bool:
     """Feed the rank-averaged speaker accuracy and loss to the band controller; apply and log its changes."""
-    acc, loss = (v / world_size for v in _all_sum([sums["speaker_acc"], sums["loss"]], device, world_size))
-    changes = band.update(progress.step, acc, loss)
+    changes = band.update(progress.step, sums["speaker_acc"], sums["loss"])
     progress.grl_lambda, progress.speaker_weight = band.grl_lambda, band.speaker_weight
     progress.band = band.state_dict()
     model.set_grl_lambda(band.grl_lambda)
@@ -454,9 +460,9 @@ def record_skip(run_dir: Path, tc, verdict: Verdict, progress: Progress, rank: i
                 micro_losses: list[float], in_a_row: int) -> None:
     """This rank's sample ids of a skipped step -> <run>/<bad_batches_dir>/rank<r>.jsonl; rank 0 logs it."""
     record_bad_batch(run_dir / tc.guard.bad_batches_dir / f"rank{rank}.jsonl", step=progress.step,
-                     ids=[i for _b, ids, _p, _d in batches for i in ids], verdict=verdict, rank=rank,
+                     ids=[i for _b, ids, _p, _d, _j in batches for i in ids], verdict=verdict, rank=rank,
                      epoch=progress.epoch, position=progress.position, attempt=attempt, micro_losses=micro_losses,
-                     micro_sizes=[len(ids) for _b, ids, _p, _d in batches])
+                     micro_sizes=[len(ids) for _b, ids, _p, _d, _j in batches])
     if rank == 0:
         log.warning("step %d: skipped (%s: loss %.4g, grad norm %.4g, limits %s / %s), %d in a row; ids in %s",
                     progress.step, verdict.reason, verdict.loss, verdict.grad_norm, verdict.loss_limit,

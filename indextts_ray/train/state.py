@@ -39,8 +39,9 @@ class Progress:
     early_stop: dict = field(default_factory=dict)  # EarlyStopping.state_dict(): best value/step, patience used
 
 
-def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
-    return (seed * 1_000_003 + step * 10_007 + micro * 101 + rank) % (2**63 - 1)
+def step_seed(seed: int, epoch: int, batch: int) -> int:
+    """Seed for one micro-batch: its epoch and index in that epoch's plan (independent of rank and world size)."""
+    return ((seed * 1_000_003 + epoch) * 2**32 + batch) % (2**63 - 1)
 
 
 def save_state(directory: Path, *, model, optimizer, scheduler, scaler, progress: Progress, config: dict,
