@@ -101,13 +101,15 @@ def train_loop_per_worker(config: dict) -> None:
     global_micro = tc.scaling.max_workers * tc.batch.grad_accum  # micro-batches per optimizer step, all ranks
     grad_accum = accumulation_for(global_micro, world_size)
     steps_per_epoch = len(epoch_plan(0)[0]) // global_micro
-    progress.total_steps = min(tc.max_steps or math.inf, steps_per_epoch * tc.epochs)
+    total_steps = min(tc.max_steps or math.inf, steps_per_epoch * tc.epochs)
+    progress.total_steps = total_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc, progress.total_steps))
 
     if resume is not None:
         with resume.as_directory() as d:
             progress, _ = load_state(Path(d), model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                      ema=ema)
+        progress.total_steps = total_steps  # from this config: a raised train.max_steps/epochs trains on
         if progress.guard:  # empty in checkpoints written before the guard existed
             guard.load_state_dict(progress.guard)
         if progress.early_stop:

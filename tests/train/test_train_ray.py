@@ -63,6 +63,10 @@ def test_rerun_after_completion_does_no_work(stage1_run):
     assert run_training(cfg) is None  # finished.json matches this config: Ray is not even started
     assert latest_checkpoint(run_dir) == before
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == n_lines
+    # one more epoch in the config: the finished run trains on from its last checkpoint
+    more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 9})})
+    run_training(more)
+    assert _state(run_dir)["progress"]["step"] == 27 and min(read_metrics(run_dir)) == 1
 
 
 def _params(state: dict, prefix: str) -> dict:
