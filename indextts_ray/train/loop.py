@@ -413,7 +413,7 @@ def evaluate(model: TrainingModel, tc, device, amp_dtype, speaker_to_id, emotion
     shard = ray.train.get_dataset_shard("val")
     lockstep = is_sharded(model)
     totals = torch.zeros(5, dtype=torch.float64, device=device)  # mel_loss*n, top1*n, text_loss*n_text, n, n_text
-    batches = shard.iter_batches(batch_size=tc.batch.max_batch_size, batch_format="pyarrow")
+    batches = iter(shard.iter_batches(batch_size=tc.batch.max_batch_size, batch_format="pyarrow"))
     for b in itertools.count():
         table = next(batches, None) if not (tc.val_max_batches and b >= tc.val_max_batches) else None
         if lockstep:
