@@ -123,6 +123,9 @@ def _worker(rank: int, store: str, out: str) -> None:
         load_state(out / f"{source}-2", model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema)
         res[f"resume-{source}"] = _steps(rank, tc, model, wrapped, optimizer, scheduler, ema, batches, 2, STEPS)
     _save(out / "resume-fsdp-3", rank, model, optimizer, scheduler, scaler, ema, 3)
+    # rollback / spike-guard reload: the step-2 checkpoint into this live model (it has optimizer state)
+    load_state(out / "fsdp-2", model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema)
+    res["reload-fsdp"] = _steps(rank, tc, model, wrapped, optimizer, scheduler, ema, batches, 2, STEPS)
     res["half"] = _half_precision(rank, batches)
     if rank == 0:
         torch.save({"results": res, "initial": initial}, out / "results.pt")
@@ -241,8 +244,8 @@ def test_frozen_parameters_stay_bit_identical_under_fsdp(runs):
 def test_fsdp_resumes_exactly_from_either_strategy(runs):
     blob, out = runs
     res = blob["results"]
-    # same strategy: bit for bit (loss, grad norm, weights, optimizer, schedule, EMA)
-    assert res["resume-fsdp"] == res["fsdp"][2:]
+    # same strategy: bit for bit (loss, grad norm, weights, optimizer, schedule, EMA), also reloaded into a live model
+    assert res["resume-fsdp"] == res["reload-fsdp"] == res["fsdp"][2:]
     resumed, reference = _blob(out / "resume-fsdp-3"), _blob(out / "fsdp-3")
     assert all(torch.equal(v, reference["model"][k]) for k, v in resumed["model"].items())
     assert all(torch.equal(v, reference["ema"]["shadow"][k]) for k, v in resumed["ema"]["shadow"].items())

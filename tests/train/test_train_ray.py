@@ -116,15 +116,7 @@ def test_sigkill_worker_resumes_and_matches_uninterrupted_run(tiny_dataset, ray_
     cfg = stage_cfg(1, tiny_dataset, tmp_path, "killed", *extra)
     run_dir = tmp_path / "killed"
     done = {}
-    thread = threading.Thread(target=lambda: done.setdefault("result", run_training(cfg)))
-    thread.start()
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (snapshot.exists() and "step-00000003" in snapshot.read_text()):
-        time.sleep(0.2)
-    assert snapshot.exists(), "no checkpoint registered in time"
-    killed_pid = int((run_dir / "workers" / "rank1.pid").read_text())
-    os.kill(killed_pid, signal.SIGKILL)
+    thread, killed_pid = kill_rank1_after_checkpoint(run_dir, 3, lambda: done.setdefault("result", run_training(cfg)))
     thread.join(timeout=600)
     assert "result" in done
     assert int((run_dir / "workers" / "rank1.pid").read_text()) != killed_pid  # the group really restarted
@@ -137,6 +129,20 @@ def test_sigkill_worker_resumes_and_matches_uninterrupted_run(tiny_dataset, ray_
     # every row at most once per epoch (a replayed step after the restart counts once)
     for epoch, ids in consumed_ids(run_dir).items():
         assert len(ids) == len(set(ids)), epoch
+
+
+def kill_rank1_after_checkpoint(run_dir: Path, step: int, target) -> tuple[threading.Thread, int]:
+    """Start `target` (a training run) in a thread; SIGKILL rank 1 once step-<step> is registered (RAY_NOTES)."""
+    thread = threading.Thread(target=target)
+    thread.start()
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (snapshot.exists() and f"step-{step:08d}" in snapshot.read_text()):
+        time.sleep(0.2)
+    assert snapshot.exists(), "no checkpoint registered in time"
+    killed_pid = int((run_dir / "workers" / "rank1.pid").read_text())
+    os.kill(killed_pid, signal.SIGKILL)
+    return thread, killed_pid
 
 
 def consumed_ids(run_dir: Path) -> dict[int, list[str]]:
@@ -174,14 +180,7 @@ def test_fsdp_rerun_after_a_crash_matches_uninterrupted_run(tiny_dataset, ray_lo
         except Exception as e:  # noqa: BLE001 -- max_failures=0: the killed worker fails the run
             done["error"] = e
 
-    thread = threading.Thread(target=first_attempt)
-    thread.start()
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (snapshot.exists() and "step-00000003" in snapshot.read_text()):
-        time.sleep(0.2)
-    assert snapshot.exists(), "no checkpoint registered in time"
-    os.kill(int((run_dir / "workers" / "rank1.pid").read_text()), signal.SIGKILL)
+    thread, _ = kill_rank1_after_checkpoint(run_dir, 3, first_attempt)
     thread.join(timeout=300)
     assert "error" in done and _state(run_dir)["progress"]["step"] < 9
     run_training(cfg)  # the same command again: resumes from the last checkpoint
