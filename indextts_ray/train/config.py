@@ -10,6 +10,7 @@ from indextts_ray.model.config import LossWeights
 from indextts_ray.schema import StrictModel
 from indextts_ray.train.robust_config import EarlyStoppingConfig, EMAConfig, MixtureConfig, SpikeGuardConfig
 from indextts_ray.tune.config import BandControlConfig
+from indextts_ray.tune.controller import controller_for
 
 
 class BatchConfig(StrictModel):
@@ -33,6 +34,9 @@ class ScalingSettings(StrictModel):
     """`num_workers: [min, max]` makes the run elastic: workers may leave and join; it goes on at any size."""
 
     num_workers: int | tuple[int, int] = 1
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every rank holds the whole model, gradients and AdamW state; fsdp: FSDP2 shards "
+        "them over the ranks (~16 bytes per trainable parameter / ranks); same checkpoints either way")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     resources_per_worker: dict[str, float] = Field(default_factory=dict, description="extra custom resources")
@@ -121,6 +125,12 @@ class TrainConfig(StrictModel):
             raise ValueError("only_mapped_speakers needs train.speaker_mapping")
         if self.mixture is not None and self.data_dir is not None:
             raise ValueError("set train.data_dir or train.mixture, not both")
+        if (self.scaling.strategy == "fsdp" and self.amp != "off" and self.band.disable_amp_on_divergence
+                and controller_for(self) is not None):
+            # FSDP fixes the compute dtype when it shards: mixed precision cannot be switched off mid-run
+            raise ValueError("train.scaling.strategy=fsdp cannot turn AMP off on a divergence (Stage-2 band control): "
+                             "set train.band.disable_amp_on_divergence=false (λ and weight are still lowered and the "
+                             "checkpoint reloaded), or train.amp=off")
         return self
 
     @property

@@ -1,13 +1,15 @@
 """The one training loop for all stages, run on every Ray Train worker.
 
-Reads top to bottom: config -> model (init / freeze) -> optimizer, schedule, AMP -> restore -> data plan ->
-for each step: micro-batches (no_sync on all but the last) -> clip -> step -> log -> eval -> checkpoint.
+Reads top to bottom: config -> model (init / freeze / FSDP shard) -> optimizer, schedule, AMP -> restore -> data
+plan -> for each step: micro-batches (no gradient sync on all but the last) -> clip -> step -> log -> eval ->
+checkpoint.
 Stages differ only in `cfg.train` (frozen modules, lr, loss weights, init checkpoint, data subset).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -36,8 +38,9 @@ from indextts_ray.train.early_stop import EarlyStopping
 from indextts_ray.train.ema import EMA
 from indextts_ray.train.guard import SpikeGuard, Verdict, discard_step, record_bad_batch, set_base_lrs
 from indextts_ray.train.prefetch import Prefetcher
+from indextts_ray.train.sharding import full_model, grad_sync, is_sharded, shard_model
 from indextts_ray.train.shards import EmotionLookup, RowReader, ShardIndex, list_shards
-from indextts_ray.train.state import Progress, load_state, save_state, step_seed
+from indextts_ray.train.state import Progress, gather_state, load_state, save_state, step_seed
 from indextts_ray.train.tracking import Tracker, device_peak_tflops
 from indextts_ray.tune.controller import controller_for
 
@@ -70,11 +73,14 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0:
         report_parameters(params, run_dir)
     model.to(device)
+    amp_dtype = resolve_amp(tc.amp, device)
+    sharded = tc.scaling.strategy == "fsdp" and world_size > 1
+    if sharded:  # in place, before the EMA and the optimizer take the (now sharded) parameters
+        shard_model(model, device, world_size, amp_dtype)
     ema = EMA(model, tc.ema) if tc.ema.enabled else None  # average of the trainable weights, for eval/export
 
     # ---- optimizer, schedule, mixed precision
     optimizer = make_optimizer(model, tc)
-    amp_dtype = resolve_amp(tc.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     progress = Progress(grl_lambda=tc.grl_lambda, speaker_weight=tc.loss.speaker)
     guard = SpikeGuard(tc.guard, fp16_scaler=scaler.is_enabled())
@@ -130,7 +136,7 @@ def train_loop_per_worker(config: dict) -> None:
     model.set_grl_lambda(progress.grl_lambda)
 
     ddp_model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True}) \
-        if world_size > 1 else model
+        if world_size > 1 and not sharded else model
     tracker = Tracker(rank, run_dir, cfg.run.name, cfg.model_dump(mode="json"), tc.logging)
     (run_dir / "workers").mkdir(parents=True, exist_ok=True)
     (run_dir / "workers" / f"rank{rank}.pid").write_text(str(os.getpid()))
@@ -138,8 +144,9 @@ def train_loop_per_worker(config: dict) -> None:
     audit = open(run_dir / "samples" / f"rank{rank}.jsonl", "a", buffering=1) \
         if _mkdir(run_dir / "samples", tc.logging.sample_ids) else None  # noqa: SIM115
     if rank == 0:
-        log.info("train rows %d (filtered %d), %d steps/epoch x %d epochs -> %d steps; trainable %s",
-                 len(index), index.n_filtered, steps_per_epoch, tc.epochs, progress.total_steps, f"{params['trainable']:,}")
+        log.info("train rows %d (filtered %d), %d steps/epoch x %d epochs -> %d steps; trainable %s; %s over %d ranks",
+                 len(index), index.n_filtered, steps_per_epoch, tc.epochs, progress.total_steps, f"{params['trainable']:,}",
+                 "fsdp" if sharded else "ddp", world_size)
         if mixture is not None:
             log.info("mixture (rows, share, rows per epoch): %s", mixture.summary())
     meter = DatasetMeter(mixture.names) if mixture is not None else None
@@ -177,7 +184,7 @@ def train_loop_per_worker(config: dict) -> None:
                 torch.manual_seed(step_seed(cfg.run.seed, progress.epoch, j))
                 batch = {n: v.to(device, non_blocking=True) for n, v in batch.items()}
                 last = k == len(batches) - 1
-                sync = contextlib.nullcontext() if last or world_size == 1 else ddp_model.no_sync()
+                sync = grad_sync(ddp_model, last or world_size == 1)
                 with sync, torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     out = ddp_model(batch, weights)
                     scaler.scale(out["loss"] / len(batches)).backward()
@@ -198,7 +205,7 @@ def train_loop_per_worker(config: dict) -> None:
                 step_flops += tokens * flops_per_token(cfg.model, seq)
                 sums["padding"] = sums.get("padding", 0.0) + pad / len(batches)
             scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))  # FSDP: of all shards
             # one all-reduce: the step's tokens and FLOPs, and every metric averaged over ranks (the loss every
             # rank must judge the same; logged values that do not depend on how batches are split over ranks)
             keys = sorted(k for k in sums if k != "tokens")
@@ -405,12 +412,24 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 
 @torch.no_grad()
 def evaluate(model: TrainingModel, tc, device, amp_dtype, speaker_to_id, emotion_of, world_size: int) -> dict:
-    """Validation over this rank's Ray Data shard; token-weighted means reduced over ranks."""
+    """Validation over this rank's Ray Data shard; token-weighted means reduced over ranks.
+
+    A sharded model all-gathers in every forward, so all ranks must run the same number of batches: Ray splits
+    the val set into equal shards; should that ever not hold, every rank raises instead of one hanging.
+    """
     model.eval()
     shard = ray.train.get_dataset_shard("val")
+    lockstep = is_sharded(model)
     totals = torch.zeros(5, dtype=torch.float64, device=device)  # mel_loss*n, top1*n, text_loss*n_text, n, n_text
-    for b, table in enumerate(shard.iter_batches(batch_size=tc.batch.max_batch_size, batch_format="pyarrow")):
-        if tc.val_max_batches and b >= tc.val_max_batches:
+    batches = iter(shard.iter_batches(batch_size=tc.batch.max_batch_size, batch_format="pyarrow"))
+    for b in itertools.count():
+        table = next(batches, None) if not (tc.val_max_batches and b >= tc.val_max_batches) else None
+        if lockstep:
+            have = _all_sum([float(table is not None)], device, world_size)[0]
+            if 0 < have < world_size:
+                raise RuntimeError(f"validation batch {b}: only {have:.0f} of {world_size} ranks have one (FSDP needs "
+                                   "equal val shards)")
+        if table is None:
             break
         batch = {k: v.to(device) for k, v in collate(table, speaker_to_id, emotion_of).items()}
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -418,6 +437,8 @@ def evaluate(model: TrainingModel, tc, device, amp_dtype, speaker_to_id, emotion
         n, nt = float(out["n_mel_tokens"]), float(out["n_text_tokens"])
         totals += torch.tensor([float(out["mel_loss"]) * n, float(out["mel_top1"]) * n,
                                 float(out["text_loss"]) * nt, n, nt], dtype=torch.float64, device=device)
+    if lockstep:  # FSDP's root keeps its gathered weights after a forward, for a backward that comes in training only
+        model.reshard()
     if world_size > 1:
         dist.all_reduce(totals)
     mel, top1, text, n, nt = totals.tolist()
@@ -426,13 +447,14 @@ def evaluate(model: TrainingModel, tc, device, amp_dtype, speaker_to_id, emotion
 
 def report_checkpoint(model, optimizer, scheduler, scaler, progress: Progress, cfg: Config, rank: int,
                       val: dict | None, run_dir: Path, ema: EMA | None = None) -> None:
-    """Every rank calls report (it is a barrier); rank 0 attaches the checkpoint."""
+    """Every rank calls report (it is a barrier); rank 0 attaches the checkpoint (FSDP: all ranks gather it)."""
     metrics = {"step": progress.step, "epoch": progress.epoch, **(val or {})}
     checkpoint, tmp = None, None
+    weights = gather_state(model, optimizer, ema) if rank == 0 or is_sharded(model) else None
     if rank == 0:
         tmp = Path(tempfile.mkdtemp(prefix="ckpt-"))
-        save_state(tmp, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                   progress=progress, config=cfg.model_dump(mode="json"), ema=ema)
+        save_state(tmp, weights=weights, scheduler=scheduler, scaler=scaler, progress=progress,
+                   config=cfg.model_dump(mode="json"))
         checkpoint = ray.train.Checkpoint.from_directory(str(tmp))
     mode = ray.train.CheckpointUploadMode.ASYNC if cfg.train.checkpoint.async_upload else ray.train.CheckpointUploadMode.SYNC
     # Ray deletes the local copy once it is in storage (after the upload when it runs in the background)
@@ -445,9 +467,13 @@ def keep_best(model, ema: EMA | None, progress: Progress, val: dict, cfg: Config
     if val["val_loss"] >= progress.best_val:
         return
     progress.best_val = val["val_loss"]
-    if rank == 0:
+    sharded = is_sharded(model)
+    if rank == 0 or sharded:  # FSDP: every rank swaps in its shard of the average and helps gather the weights
         with ema_weights(ema, model, cfg.train.ema.use_for_eval):  # best/ = the weights that were evaluated
-            _save_best(model, cfg, run_dir)
+            best = full_model(model) if sharded else model
+            if rank == 0:
+                _save_best(best, cfg, run_dir)
+    if rank == 0:
         with open(run_dir / "events.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"event": "best", "step": progress.step, "val_loss": val["val_loss"],
                                 "time": time.time()}) + "\n")

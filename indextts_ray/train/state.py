@@ -15,6 +15,7 @@ import torch
 
 from indextts_ray.errors import DataError
 from indextts_ray.io_utils import atomic_write, atomic_write_json, sha256_file
+from indextts_ray.train.sharding import full_state_dicts, is_sharded, load_full_state_dicts
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
@@ -44,19 +45,27 @@ def step_seed(seed: int, epoch: int, batch: int) -> int:
     return ((seed * 1_000_003 + epoch) * 2**32 + batch) % (2**63 - 1)
 
 
-def save_state(directory: Path, *, model, optimizer, scheduler, scaler, progress: Progress, config: dict,
-               ema=None) -> Path:
-    """Write `state.pt` (atomic) and `checksums.json` into `directory` (`ema`: an `EMA`, or None)."""
+def gather_state(model, optimizer, ema=None) -> dict:
+    """The model, optimizer and EMA entries of a checkpoint, for `save_state`: always the whole (unsharded) state.
+
+    An FSDP-sharded model makes this a collective: every rank calls it, rank 0 gets the state (others empty).
+    """
+    model_state, optimizer_state = full_state_dicts(model, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state, "ema": ema.state_dict() if ema is not None else None}
+
+
+def save_state(directory: Path, *, weights: dict, scheduler, scaler, progress: Progress, config: dict) -> Path:
+    """Write `state.pt` (atomic) and `checksums.json` into `directory` (`weights`: from `gather_state`)."""
     directory.mkdir(parents=True, exist_ok=True)
     blob = {
         "format_version": FORMAT_VERSION,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": weights["model"],
+        "optimizer": weights["optimizer"],
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
         "progress": asdict(progress),
         "config": json.dumps(config),
-        "ema": ema.state_dict() if ema is not None else None,
+        "ema": weights["ema"],
     }
     path = atomic_write(directory / STATE_FILE, lambda tmp: torch.save(blob, tmp))
     atomic_write_json(directory / "checksums.json", {STATE_FILE: sha256_file(path)})
@@ -67,6 +76,7 @@ def load_state(directory: Path, *, model, optimizer, scheduler, scaler, ema=None
     """Restore everything from `directory`; verify the checksum; refuse unknown or missing keys.
 
     A checkpoint without an average (written before EMA was switched on) restarts `ema` at the restored weights.
+    An FSDP-sharded model loads the same (whole-model) checkpoint; then every rank must call this.
     """
     path = directory / STATE_FILE
     sums = json.loads((directory / "checksums.json").read_text())
@@ -75,8 +85,12 @@ def load_state(directory: Path, *, model, optimizer, scheduler, scaler, ema=None
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if blob.pop("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: checkpoint format is not {FORMAT_VERSION}")
-    model.load_state_dict(blob.pop("model"))
-    optimizer.load_state_dict(blob.pop("optimizer"))
+    model_state, optimizer_state = blob.pop("model"), blob.pop("optimizer")
+    if is_sharded(model):  # every rank keeps its shard of the whole state
+        load_full_state_dicts(model, optimizer, model_state, optimizer_state)
+    else:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(blob.pop("scheduler"))
     scaler.load_state_dict(blob.pop("scaler"))
     progress = Progress(**blob.pop("progress"))
