@@ -123,7 +123,8 @@ def run_ray(cfg) -> dict:
     from indextts_ray.train.trainer import run_training
 
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():  # prepare (first run) has started one already
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     run_training(cfg)
     wall = time.perf_counter() - t0
     ray.shutdown()
