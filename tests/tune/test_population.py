@@ -20,7 +20,8 @@ def test_population_search_clones_and_finishes(scheduler, tiny_dataset, ray_loca
         "train.batch.max_tokens=400", "train.logging.every_steps=1", "train.warmup_steps=2",
         "train.eval_every_steps=4", "train.checkpoint.every_steps=4", "train.scaling.num_workers=1",
         "train.scaling.cpus_per_worker=0.45", f"tune.scheduler={scheduler}", "tune.num_samples=4",
-        "tune.max_concurrent_trials=2", "tune.max_steps=8", "tune.window_steps=2", "tune.perturbation_interval=4",
+        "tune.max_concurrent_trials=2", "tune.max_steps=8", "tune.window_steps=2", "tune.grace_steps=2",
+        "tune.perturbation_interval=4",
         "tune.poll_seconds=0.5",
         "tune.space={train.grl_lambda: {kind: loguniform, low: 0.1, high: 10.0}, "
         "train.loss.speaker: {kind: loguniform, low: 0.01, high: 1.0}}",
