@@ -116,6 +116,9 @@ def run_history(export_dir: Path) -> tuple[dict[int, dict], tuple[float, float]]
 def emotion_setup(export_dir: str | Path, data_dir: str | Path, options: EvalOptions) -> EmotionControlSetup:
     """The emotion-control judges and design for `data_dir`, with the labels and code vocabulary of an export."""
     cfg = load_config(Path(export_dir) / "model_config.yaml", schema=ModelConfig)
+    if options.emotion_control.max_codes > cfg.max_mel_tokens:
+        raise DataError(f"emotion control: max_codes {options.emotion_control.max_codes} exceeds the model's "
+                        f"max_mel_tokens {cfg.max_mel_tokens} ({export_dir}); lower --emotion-max-codes")
     return build_setup(data_dir, list(cfg.emotion_labels), cfg.number_mel_codes, options.emotion_control,
                        seed=options.seed, test_fraction=options.test_fraction, min_per_class=options.min_per_class,
                        device=resolve_device(options.device))

@@ -109,8 +109,9 @@ def plot_probe_bars(probes: dict[str, dict[str, ProbeResult | None]], titles: di
     return _save(fig, path)
 
 
-def plot_confusion(probe: ProbeResult | None, title: str, path: Path) -> Path | None:
-    """Row-normalised confusion matrix (true rows, predicted columns) with the counts written in."""
+def plot_confusion(probe: ProbeResult | None, title: str, path: Path, axes: tuple[str, str] = ("true", "predicted"),
+                   ) -> Path | None:
+    """Row-normalised confusion matrix (true rows, predicted columns; `axes` names them) with the counts written in."""
     if probe is None:
         return None
     conf = np.array(probe.confusion, dtype=float)
@@ -124,8 +125,8 @@ def plot_confusion(probe: ProbeResult | None, title: str, path: Path) -> Path | 
                     color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xticks(range(n), probe.labels, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), probe.labels, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_ylabel(axes[0])
+    ax.set_xlabel(axes[1])
     ax.set_title(f"{title}\naccuracy {probe.accuracy:.2f} (chance {probe.chance:.2f})", fontsize=9)
     return _save(fig, path)
 

@@ -325,8 +325,8 @@ def draw_plots(results: list[StageResult], out: Path) -> dict[str, Path | None]:
         for n, modes in controls.items():
             for k, m in modes.items():
                 images[f"control_{n}_{k}"] = plots.plot_confusion(
-                    m.emotion if m else None, f"{n}: emotion asked by {MODE_TITLES[k]} vs judged on the codes",
-                    out / f"control_{n}_{k}.png")
+                    m.emotion if m else None, f"{n}: emotion asked by {k} vs judged on the codes",
+                    out / f"control_{n}_{k}.png", axes=("asked", "judged"))
     return images
 
 

@@ -1,6 +1,6 @@
 """Emotion-controlled generation judged on the codes: the report end to end, a label table whose rows are all
-equal scores exactly chance (the metric can fail), determinism under a seed, and (slow) a trained tiny model
-whose label and reference control the judges recognise."""
+equal scores exactly chance (the metric can fail), determinism under a seed, and a tiny model trained for
+seconds whose label and reference-clip control the judges recognise (the metric can succeed)."""
 
 import dataclasses
 import json
@@ -150,9 +150,12 @@ def test_cli_not_judged_when_the_codes_carry_no_emotion(emotional, tmp_path, cap
     assert cli_main(["eval", "--export", str(exports["distinct"]), "--data", str(data), "--out", str(out),
                      "--emotion-control", "--emotion-alpha", "2"]) == 2
     assert "alpha must be in [0, 1]" in capsys.readouterr().err
+    assert cli_main(["eval", "--export", str(exports["distinct"]), "--data", str(data), "--out", str(out),
+                     "--emotion-control", "--emotion-max-codes", "401", "--max-items", "2", "--prompts", "0"]) == 2
+    assert "exceeds the model's max_mel_tokens 400" in capsys.readouterr().err
 
 
-# ----------------------------------------------------------------------------- a trained model (slow)
+# ----------------------------------------------------------------------------- a trained model
 
 
 def train_emotion_model(data, steps: int = 160, lr: float = 5e-3) -> TrainingModel:
@@ -190,7 +193,6 @@ def train_emotion_model(data, steps: int = 160, lr: float = 5e-3) -> TrainingMod
     return tm
 
 
-@pytest.mark.slow
 def test_trained_label_and_reference_control_is_recognised_and_the_broken_table_is_not(tmp_path):
     data = write_emotion_dataset(tmp_path / "prepared")
     tm = train_emotion_model(data)
