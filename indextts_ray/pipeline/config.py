@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from indextts_ray.schema import StrictModel
@@ -46,9 +48,25 @@ class StageStep(StrictModel):
                        "Ray Tune band-control search and take its best trial's weights as the Stage-2 result")
 
 
+class EmotionControlStep(StrictModel):
+    """Emotion-controlled generation judged on the codes (`indextts-ray eval --emotion-control`); off by default.
+    Each export generates speakers x texts x 7 emotions x 2 (label, reference clip) items."""
+
+    enabled: bool = False
+    speakers: int = Field(4, ge=1)
+    texts: int = Field(4, ge=1)
+    alpha: float = Field(1.0, ge=0.0, le=1.0, description="blend with the speaker prompt's own emotion vector")
+    max_codes: int = Field(300, ge=1)
+    splits: list[Literal["train", "val"]] = Field(default_factory=lambda: ["val"], min_length=1,
+                                                  description="real rows that train the code-space judges")
+    reference: bool = True
+    epochs: int = Field(30, ge=1, description="judge training epochs")
+
+
 class EvalStep(StrictModel):
     enabled: bool = True
     max_items: int = Field(400, ge=10, description="held-out clips used for the probes")
+    emotion_control: EmotionControlStep = EmotionControlStep()
 
 
 class PipelineConfig(StrictModel):

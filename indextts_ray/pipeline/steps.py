@@ -201,12 +201,18 @@ def run_export(cfg: Config) -> dict:
 
 
 def run_eval(cfg: Config) -> dict:
-    """Evaluate the three stage exports on the held-out shards; the report goes to `<work>/report/`."""
+    """Evaluate the three stage exports on the held-out shards (with `pipeline.eval.emotion_control`: also
+    emotion-controlled generation); the report goes to `<work>/report/`."""
+    from indextts_ray.eval.emotion_control import EmotionControlOptions
     from indextts_ray.eval.evaluate import EvalOptions, evaluate_and_report
 
     lay = layout(cfg)
+    ec = cfg.pipeline.eval.emotion_control
+    control = EmotionControlOptions(speakers=ec.speakers, texts=ec.texts, alpha=ec.alpha, max_codes=ec.max_codes,
+                                    splits=tuple(ec.splits), reference=ec.reference, epochs=ec.epochs)
     summary = evaluate_and_report({f"stage{n}": lay.final(n) for n in (1, 2, 3)}, lay.prepared, lay.report,
-                                  EvalOptions(max_items=cfg.pipeline.eval.max_items))
+                                  EvalOptions(max_items=cfg.pipeline.eval.max_items,
+                                              emotion_control=control if ec.enabled else None))
     return {"report": str(lay.report / "report.md"), **summary["flat"]}
 
 
