@@ -7,7 +7,7 @@ from pathlib import Path
 
 from indextts_ray.config import load_config
 
-HELP = ("Run the recipe synth? -> prepare -> speakers -> stage1 -> stage2 -> stage3 -> export as a DAG. Each finished "
+HELP = ("Run the recipe synth? -> tokenizer? -> prepare -> speakers -> stage1 -> stage2 -> stage3 -> export as a DAG. Each finished "
         "step writes a receipt; a rerun skips steps whose receipt matches and reruns those whose config or inputs "
         "changed (and their dependents). `run` executes here on local Ray (or RAY_ADDRESS); `submit` submits each "
         "step as a Ray Job when its dependencies succeeded; `status` shows the graph.")

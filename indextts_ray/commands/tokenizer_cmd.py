@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections import defaultdict
 from pathlib import Path
 
 from indextts_ray.errors import DataError
@@ -39,31 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         q.add_argument("--no-normalize", action="store_true", help="use the manifest text as is")
 
 
-def read_texts(manifest: Path, fmt: str, normalize: bool) -> tuple[dict[str, list[str]], int]:
-    """Normalised texts by language, and the number of rows without a usable text (reported, not used)."""
-    from indextts_ray.data.manifest import iter_manifest
-    from indextts_ray.text import TextConfig, normalize_with_config
-
-    cfg = TextConfig(enabled=normalize)
-    by_lang: dict[str, list[str]] = defaultdict(list)
-    skipped = 0
-    for row in iter_manifest(manifest, fmt):
-        f = row.fields or {}
-        text, lang = f.get("text"), f.get("language")
-        if not isinstance(text, str) or not text.strip() or not (lang is None or isinstance(lang, str)):
-            skipped += 1
-            continue
-        norm = normalize_with_config(text, lang, cfg)
-        by_lang[norm.language].append(norm.text)
-    if not by_lang:
-        raise DataError(f"{manifest}: no row with a usable text field")
-    return dict(by_lang), skipped
-
-
 def run(args: argparse.Namespace) -> int:
-    from indextts_ray.data.tokenizer import extend_tokenizer, load_tokenizer, train_tokenizer
+    from indextts_ray.data.tokenizer import extend_tokenizer, load_tokenizer, manifest_texts, train_tokenizer
+    from indextts_ray.text import TextConfig
 
-    by_lang, skipped = read_texts(args.manifest, args.format, not args.no_normalize)
+    by_lang, skipped = manifest_texts(args.manifest, args.format, TextConfig(enabled=not args.no_normalize))
     if skipped:
         print(f"skipped {skipped} rows without a usable text or language field")
     if args.action == "train":

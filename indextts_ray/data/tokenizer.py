@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +165,27 @@ def extend_tokenizer(base_path: str | os.PathLike, texts: Iterable[str], out_pat
         coverage_before={lang: unknown_coverage(before, ts) for lang, ts in coverage_texts.items()},
         coverage_after={lang: unknown_coverage(after, ts) for lang, ts in coverage_texts.items()},
     )
+
+
+def manifest_texts(manifest: str | os.PathLike, fmt: str, text_cfg) -> tuple[dict[str, list[str]], int]:
+    """A manifest's texts normalised as `prepare` does (`text_cfg`: a TextConfig), grouped by language, and the
+    number of rows without a usable text (reported by callers, not used)."""
+    from indextts_ray.data.manifest import iter_manifest
+    from indextts_ray.text import normalize_with_config
+
+    by_lang: dict[str, list[str]] = defaultdict(list)
+    skipped = 0
+    for row in iter_manifest(Path(manifest), fmt):
+        f = row.fields or {}
+        text, lang = f.get("text"), f.get("language")
+        if not isinstance(text, str) or not text.strip() or not (lang is None or isinstance(lang, str)):
+            skipped += 1
+            continue
+        norm = normalize_with_config(text, lang, text_cfg)
+        by_lang[norm.language].append(norm.text)
+    if not by_lang:
+        raise DataError(f"{manifest}: no row with a usable text field")
+    return dict(by_lang), skipped
 
 
 def unknown_coverage(tok: Tokenizer, texts: Iterable[str], top: int = 10) -> dict:

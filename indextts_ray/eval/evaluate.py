@@ -7,6 +7,8 @@ For each export (an `export_checkpoint` directory, e.g. `runs/stage2/final`):
                                                                                   speaker <- emo vec,
                                                                                   speaker <- speaker latent
     first n_prompts rows --generate_codes--> stop rate, length ratio (greedy, top-p)
+    with `emotion_control`: emotion label / another speaker's clip --generate_codes--> code-space judges
+                            (emotion_control.py; judges and design built once, shared by every export)
 
 Every export sees the same rows and clips, so the stages are comparable side by side. The training curves
 come from the export's run directory (`<export>/../metrics.jsonl`, `config.resolved.yaml` for the band).
@@ -22,13 +24,23 @@ import numpy as np
 import torch
 import yaml
 
+from indextts_ray.config import load_config
 from indextts_ray.errors import DataError
 from indextts_ray.eval.embed import ClipEmbeddings, embed_clips
+from indextts_ray.eval.emotion_control import (
+    EmotionControlOptions,
+    EmotionControlResult,
+    EmotionControlSetup,
+    build_setup,
+    control_summary,
+    run_emotion_control,
+)
 from indextts_ray.eval.heldout import prompt_clips, sample_rows
 from indextts_ray.eval.losses import validation_losses
 from indextts_ray.eval.probes import ProbeResult, linear_probe
 from indextts_ray.eval.sanity import sampling_sanity
 from indextts_ray.model.checkpoint_io import load_export
+from indextts_ray.model.config import ModelConfig
 from indextts_ray.model.training import TrainingModel
 
 log = logging.getLogger("indextts_ray.eval")
@@ -45,7 +57,8 @@ DEFAULT_BAND = (0.30, 0.60)  # train.band.low/high defaults (tune/config.py::Ban
 @dataclass(frozen=True)
 class EvalOptions:
     """Args: max_items held-out rows; seed for the row sample, probe splits and sampling; batch_size for the
-    loss and embedding passes; n_prompts rows for the sampling sanity check; device `auto` = cuda when present."""
+    loss and embedding passes; n_prompts rows for the sampling sanity check; device `auto` = cuda when present;
+    emotion_control: the emotion-controlled generation evaluation (None = off)."""
 
     max_items: int = 400
     seed: int = 0
@@ -54,6 +67,7 @@ class EvalOptions:
     test_fraction: float = 0.3
     min_per_class: int = 3
     device: str = "auto"
+    emotion_control: EmotionControlOptions | None = None
 
 
 @dataclass
@@ -68,6 +82,7 @@ class StageResult:
     emotion_labels: list[str]
     curves: dict[int, dict] = field(default_factory=dict)  # the run's metrics.jsonl, {step: metrics}
     band: tuple[float, float] = DEFAULT_BAND
+    emotion_control: EmotionControlResult | None = None
 
     def to_json(self) -> dict:
         return {
@@ -75,6 +90,7 @@ class StageResult:
             "n_clips": len(self.embeddings.clip_ids), "losses": self.losses,
             "probes": {k: (v.to_json() if v is not None else None) for k, v in self.probes.items()},
             "sampling": self.sampling,
+            "emotion_control": self.emotion_control.to_json() if self.emotion_control else None,
         }  # fmt: skip
 
 
@@ -97,9 +113,21 @@ def run_history(export_dir: Path) -> tuple[dict[int, dict], tuple[float, float]]
     return read_metrics(run_dir), band
 
 
+def emotion_setup(export_dir: str | Path, data_dir: str | Path, options: EvalOptions) -> EmotionControlSetup:
+    """The emotion-control judges and design for `data_dir`, with the labels and code vocabulary of an export."""
+    cfg = load_config(Path(export_dir) / "model_config.yaml", schema=ModelConfig)
+    if options.emotion_control.max_codes > cfg.max_mel_tokens:
+        raise DataError(f"emotion control: max_codes {options.emotion_control.max_codes} exceeds the model's "
+                        f"max_mel_tokens {cfg.max_mel_tokens} ({export_dir}); lower --emotion-max-codes")
+    return build_setup(data_dir, list(cfg.emotion_labels), cfg.number_mel_codes, options.emotion_control,
+                       seed=options.seed, test_fraction=options.test_fraction, min_per_class=options.min_per_class,
+                       device=resolve_device(options.device))
+
+
 def evaluate_export(export_dir: str | Path, data_dir: str | Path, name: str,
-                    options: EvalOptions = EvalOptions()) -> StageResult:
-    """All metrics of one export on the held-out set (module doc)."""
+                    options: EvalOptions = EvalOptions(), setup: EmotionControlSetup | None = None) -> StageResult:
+    """All metrics of one export on the held-out set (module doc). `setup`: the emotion-control judges and design
+    to share between exports (built here when emotion control is on and none is given)."""
     export_dir, data_dir = Path(export_dir), Path(data_dir)
     device = resolve_device(options.device)
     loaded = load_export(export_dir, device=device)
@@ -125,7 +153,14 @@ def evaluate_export(export_dir: str | Path, data_dir: str | Path, name: str,
     }
     sampling = sampling_sanity(uv, rows.slice(0, options.n_prompts), device)
     curves, band = run_history(export_dir)
-    result = StageResult(name, export_dir, len(rows), losses, probes, sampling, emb, labels, curves, band)
+    control = None
+    if options.emotion_control is not None:
+        setup = setup or emotion_setup(export_dir, data_dir, options)
+        if not set(setup.labels) <= set(labels):
+            raise DataError(f"{export_dir}: emotion labels {labels} do not contain {setup.labels} of the first export")
+        table = loaded.heads.emotion_table if isinstance(loaded, TrainingModel) else None
+        control = run_emotion_control(uv, table, setup, options.emotion_control, device, options.seed)
+    result = StageResult(name, export_dir, len(rows), losses, probes, sampling, emb, labels, curves, band, control)
     log.info("eval %s: %s", name, summary_line(result))
     return result
 
@@ -138,6 +173,8 @@ def summary_line(r: StageResult) -> str:
     greedy = r.sampling.get("greedy")
     if greedy:
         parts.append(f"stop {greedy['stop_rate']:.2f} ratio {greedy['length_ratio_mean']:.2f}")
+    if r.emotion_control is not None:
+        parts.append(control_summary(r.emotion_control))
     return " | ".join(parts)
 
 
@@ -151,6 +188,9 @@ def flat_metrics(results: list[StageResult]) -> dict[str, float | None]:
             out[f"{r.name}/{key}"] = p.accuracy if p else None
         if "greedy" in r.sampling:
             out[f"{r.name}/stop_rate"] = r.sampling["greedy"]["stop_rate"]
+        for mode, m in (r.emotion_control.modes if r.emotion_control else {}).items():
+            out[f"{r.name}/emotion_control_{mode}_accuracy"] = m.emotion.accuracy if m else None
+            out[f"{r.name}/emotion_control_{mode}_speaker_agreement"] = m.speaker_agreement if m else None
     return out
 
 
@@ -181,7 +221,8 @@ def evaluate_and_report(exports: dict[str, Path], data_dir: str | Path, out_dir:
         if not (Path(d) / "model_config.yaml").is_file():
             raise DataError(f"{d}: not an export directory (no model_config.yaml) for {name}; "
                             "pass a run's `final` directory or an `indextts-ray export` output")
-    results = [evaluate_export(d, data_dir, name, options) for name, d in exports.items()]
+    setup = emotion_setup(next(iter(exports.values())), data_dir, options) if options.emotion_control else None
+    results = [evaluate_export(d, data_dir, name, options, setup) for name, d in exports.items()]
     return write_report(results, Path(out_dir), data_dir=Path(data_dir), options=options)
 
 

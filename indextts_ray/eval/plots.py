@@ -109,8 +109,9 @@ def plot_probe_bars(probes: dict[str, dict[str, ProbeResult | None]], titles: di
     return _save(fig, path)
 
 
-def plot_confusion(probe: ProbeResult | None, title: str, path: Path) -> Path | None:
-    """Row-normalised confusion matrix (true rows, predicted columns) with the counts written in."""
+def plot_confusion(probe: ProbeResult | None, title: str, path: Path, axes: tuple[str, str] = ("true", "predicted"),
+                   ) -> Path | None:
+    """Row-normalised confusion matrix (true rows, predicted columns; `axes` names them) with the counts written in."""
     if probe is None:
         return None
     conf = np.array(probe.confusion, dtype=float)
@@ -124,8 +125,8 @@ def plot_confusion(probe: ProbeResult | None, title: str, path: Path) -> Path | 
                     color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xticks(range(n), probe.labels, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), probe.labels, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_ylabel(axes[0])
+    ax.set_xlabel(axes[1])
     ax.set_title(f"{title}\naccuracy {probe.accuracy:.2f} (chance {probe.chance:.2f})", fontsize=9)
     return _save(fig, path)
 
@@ -185,4 +186,30 @@ def plot_throughput(curves: dict[str, dict[int, dict]], path: Path) -> Path | No
     for ax in (pad_ax, tps_ax):
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_emotion_control(per_stage: dict[str, dict[str, ProbeResult | None]], titles: dict[str, str],
+                         path: Path) -> Path | None:
+    """Per-emotion accuracy of the judge on generated codes: one panel per mode (label, reference clip), one
+    bar per stage and emotion, chance (1/K) as a dashed line. Empty modes are left out."""
+    modes = [m for m in titles if any(p.get(m) is not None for p in per_stage.values())]
+    if not modes:
+        return None
+    stages = list(per_stage)
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 3.8), squeeze=False)
+    width = 0.8 / len(stages)
+    for ax, mode in zip(axes[0], modes):
+        labels = next(p[mode].labels for p in per_stage.values() if p.get(mode) is not None)
+        for i, stage in enumerate(stages):
+            p = per_stage[stage].get(mode)
+            acc = [p.per_class.get(label, 0.0) if p else 0.0 for label in labels]
+            ax.bar(np.arange(len(labels)) + (i - (len(stages) - 1) / 2) * width, acc, width * 0.9,
+                   label=f"{stage} ({p.accuracy:.0%})" if p else f"{stage} (n/a)")
+        ax.axhline(1 / len(labels), color="black", ls="--", lw=1, label="chance")
+        ax.set_xticks(np.arange(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.3)  # headroom for the legend
+        ax.set_ylabel("judged as asked")
+        ax.set_title(titles[mode], fontsize=9)
+        ax.legend(fontsize=7, loc="upper center", ncol=len(stages) + 1)
     return _save(fig, path)

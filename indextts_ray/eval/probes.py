@@ -32,6 +32,60 @@ class ProbeResult:
         return asdict(self)
 
 
+@dataclass
+class Split:
+    """A seeded stratified split over the examples of the classes that are kept (`index` into the input)."""
+
+    kept: list[str]  # classes with at least min_per_class examples, sorted
+    train: np.ndarray  # indices into the caller's arrays
+    test: np.ndarray
+    dropped_classes: int
+
+
+def stratified_split(y: Sequence[str], seed: int = 0, test_fraction: float = 0.3,
+                     min_per_class: int = 3) -> Split | None:
+    """Drop classes with fewer than `min_per_class` examples and split the rest, stratified (at least one test
+    example per class). None when fewer than two classes are left."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < test_fraction <= 0.5:
+        raise ValueError(f"test_fraction must be in (0, 0.5], got {test_fraction}")
+    y = np.asarray([str(v) for v in y], dtype=object)
+    counts = Counter(y.tolist())
+    kept = sorted(c for c, n in counts.items() if n >= max(min_per_class, 2))
+    if len(kept) < 2:
+        return None
+    index = np.flatnonzero(np.isin(y, kept))
+    n_test = max(round(test_fraction * len(index)), len(kept))  # every class can appear in the test split
+    train, test = train_test_split(index, test_size=n_test, stratify=y[index], random_state=seed)
+    return Split(kept, train, test, len(counts) - len(kept))
+
+
+def score_predictions(pred: Sequence[str], y_true: Sequence[str], labels: Sequence[str], chance: float,
+                      n_train: int, dropped_classes: int = 0) -> ProbeResult:
+    """Accuracy, per-class accuracy and confusion (rows true, columns predicted, in `labels` order)."""
+    from sklearn.metrics import confusion_matrix
+
+    pred, y_true = np.asarray(pred, dtype=object), np.asarray(y_true, dtype=object)
+    labels = list(labels)
+    return ProbeResult(
+        accuracy=float(np.mean(pred == y_true)) if len(y_true) else float("nan"),
+        chance=chance,
+        n_train=n_train,
+        n_test=len(y_true),
+        labels=labels,
+        per_class={c: float(np.mean(pred[y_true == c] == c)) for c in labels if np.any(y_true == c)},
+        confusion=confusion_matrix(y_true, pred, labels=labels).tolist(),
+        dropped_classes=dropped_classes,
+    )
+
+
+def majority_chance(y_train: Sequence[str], y_test: Sequence[str]) -> float:
+    """Accuracy on `y_test` of always answering the training split's majority class."""
+    majority = Counter(list(y_train)).most_common(1)[0][0]
+    return float(np.mean(np.asarray(y_test, dtype=object) == majority))
+
+
 def linear_probe(
     x: np.ndarray,
     y: Sequence[str],
@@ -50,35 +104,20 @@ def linear_probe(
         label_order: order of `labels` in the result (e.g. the model's emotion list); default sorted.
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import confusion_matrix
-    from sklearn.model_selection import train_test_split
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if not 0 < test_fraction <= 0.5:
-        raise ValueError(f"test_fraction must be in (0, 0.5], got {test_fraction}")
-    y = np.asarray([str(v) for v in y], dtype=object)
-    counts = Counter(y.tolist())
-    kept = sorted(c for c, n in counts.items() if n >= max(min_per_class, 2))
-    if len(kept) < 2:
+    split = stratified_split(y, seed, test_fraction, min_per_class)
+    if split is None:
         return None
-    keep = np.isin(y, kept)
-    x, y = np.asarray(x, dtype=np.float64)[keep], y[keep]
-    n_test = max(round(test_fraction * len(y)), len(kept))  # every class can appear in the test split
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=n_test, stratify=y, random_state=seed)
+    y = np.asarray([str(v) for v in y], dtype=object)
+    x = np.asarray(x, dtype=np.float64)
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    clf.fit(x_tr, y_tr)
-    pred = clf.predict(x_te)
-    majority = Counter(y_tr.tolist()).most_common(1)[0][0]
-    labels = [str(v) for v in label_order if v in kept] if label_order is not None else kept
-    per_class = {c: float(np.mean(pred[y_te == c] == c)) for c in labels if np.any(y_te == c)}
-    return ProbeResult(
-        accuracy=float(np.mean(pred == y_te)),
-        chance=float(np.mean(y_te == majority)),
-        n_train=len(y_tr),
-        n_test=len(y_te),
-        labels=labels,
-        per_class=per_class,
-        confusion=confusion_matrix(y_te, pred, labels=labels).tolist(),
-        dropped_classes=len(counts) - len(kept),
-    )
+    clf.fit(x[split.train], y[split.train])
+    return score_predictions(clf.predict(x[split.test]), y[split.test], ordered_labels(split.kept, label_order),
+                             majority_chance(y[split.train], y[split.test]), len(split.train), split.dropped_classes)
+
+
+def ordered_labels(kept: Sequence[str], label_order: Sequence[str] | None) -> list[str]:
+    """`kept` in `label_order` (e.g. the model's emotion list), or sorted without one."""
+    return [str(v) for v in label_order if v in kept] if label_order is not None else sorted(kept)

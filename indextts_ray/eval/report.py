@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from indextts_ray.eval import plots
+from indextts_ray.eval.emotion_control import CONTROL_TARGET, JUDGE_TARGET, MODE_TITLES, EmotionControlSetup
 from indextts_ray.eval.evaluate import PROBE_TITLES, PROBES, EvalOptions, StageResult, flat_metrics
 
 EMOTION_TARGET = 0.85  # the MeloTTS emotion seed's recognition target
 KEEP_TOLERANCE = 0.05  # Stage 3 "keeps" a probe result within this much of Stage 2
+CHECK_MARK = {True: "✅ ", False: "❌ ", None: "➖ "}  # None: not judged (the reason is in the sentence)
 
 
 @dataclass
@@ -42,8 +44,9 @@ def _probe_cell(r: StageResult, key: str) -> str:
     return "n/a" if p is None else f"{_pct(p.accuracy)} ({_pct(p.chance)})"
 
 
-def goal_checks(results: list[StageResult]) -> list[tuple[bool, str]]:
-    """The Stage-2 goals, when stage1/stage2(/stage3) results are present: (met, sentence)."""
+def goal_checks(results: list[StageResult]) -> list[tuple[bool | None, str]]:
+    """The Stage-2 goals, when stage1/stage2(/stage3) results are present, then the emotion-control targets:
+    (met, sentence); met is None where a target cannot be judged."""
     by = {r.name: r for r in results}
 
     def acc(name: str, key: str) -> float | None:
@@ -66,6 +69,27 @@ def goal_checks(results: list[StageResult]) -> list[tuple[bool, str]]:
             ok = e3 >= e2 - KEEP_TOLERANCE and s3 <= s2 + KEEP_TOLERANCE
             checks.append((ok, f"Stage 3 keeps both (±{KEEP_TOLERANCE:.0%}): emotion {_pct(e2)} → {_pct(e3)}, "
                                f"speaker on emotion vector {_pct(s2)} → {_pct(s3)}"))
+    return checks + control_checks(results)
+
+
+def control_checks(results: list[StageResult]) -> list[tuple[bool | None, str]]:
+    """Per stage and mode: every emotion judged as asked on ≥ CONTROL_TARGET of its generated items. Not judged
+    (None) when the emotion judge itself stays under JUDGE_TARGET on real codes."""
+    checks: list[tuple[bool | None, str]] = []
+    for r in results:
+        for mode, m in (r.emotion_control.modes if r.emotion_control else {}).items():
+            if m is None:
+                continue
+            per = m.emotion.per_class
+            worst = min(per, key=per.get)
+            text = (f"{r.name}: emotion control by {MODE_TITLES[mode]}, every emotion ≥ {CONTROL_TARGET:.0%}: mean "
+                    f"{_pct(m.emotion.accuracy)}, lowest {worst} {_pct(per[worst])}")
+            judge = r.emotion_control.setup.emotion_judge.heldout.accuracy
+            if r.emotion_control.setup.judged:
+                checks.append((all(v >= CONTROL_TARGET for v in per.values()), text))
+            else:
+                checks.append((None, f"{text}; not judged: the emotion classifier reaches {_pct(judge)} on real "
+                                     f"codes (< {JUDGE_TARGET:.0%})"))
     return checks
 
 
@@ -91,7 +115,7 @@ def build_blocks(results: list[StageResult], images: dict[str, Path | None], dat
     ]
     checks = goal_checks(results)
     if checks:
-        b += [Block("h2", "Goals"), Block("list", items=[("✅ " if ok else "❌ ") + text for ok, text in checks])]
+        b += [Block("h2", "Goals"), Block("list", items=[CHECK_MARK[ok] + text for ok, text in checks])]
     b += [Block("h2", "Training curves")]
     b += _image_or_note(images.get("loss_curves"), "loss curves per stage",
                         "no training metrics found (metrics.jsonl next to each export's run)")
@@ -122,6 +146,7 @@ def build_blocks(results: list[StageResult], images: dict[str, Path | None], dat
     b += [Block("h2", "Padding and throughput")]
     b += _image_or_note(images.get("throughput"), "padding and tokens/s", "no throughput metrics found")
     b += _sampling(results)
+    b += _emotion_control(results, images, options)
     return b
 
 
@@ -160,6 +185,70 @@ def _sampling(results: list[StageResult]) -> list[Block]:
                        "reference length; length ratio: generated / reference codes. top_p = temperature 0.8, "
                        "top-k 30, top-p 0.8."),
             Block("table", items=rows)]
+
+
+def _control_setup(results: list[StageResult]) -> EmotionControlSetup | None:
+    return next((r.emotion_control.setup for r in results if r.emotion_control is not None), None)
+
+
+def _emotion_control(results: list[StageResult], images: dict[str, Path | None], options: EvalOptions) -> list[Block]:
+    setup, o = _control_setup(results), options.emotion_control
+    if setup is None or o is None:
+        return []
+    ej, sj = setup.emotion_judge.heldout, setup.speaker_judge
+    judges = (f"Judges: small convolutional classifiers over code embeddings (emotion_control.py, codeclf.py), "
+              f"trained with seed {options.seed} on real codes of {'+'.join(setup.splits)} ({setup.n_real_rows} rows) "
+              f"and tested on a held-out stratified part of them: emotion {_pct(ej.accuracy)} on {ej.n_test} rows "
+              f"(chance {_pct(ej.chance)})")
+    judges += (f", speaker {_pct(sj.heldout.accuracy)} on {sj.heldout.n_test} rows (chance {_pct(sj.heldout.chance)})."
+               if sj else "; no speaker judge (fewer than two speakers with enough rows).")
+    if setup.judged:
+        judges += f" The emotion judge reaches ≥ {JUDGE_TARGET:.0%}, so the ≥ {CONTROL_TARGET:.0%} target is judged."
+    else:
+        judges += (f" The emotion judge reaches only {_pct(ej.accuracy)} on real codes (< {JUDGE_TARGET:.0%}): the "
+                   f"≥ {CONTROL_TARGET:.0%} target is not judged. The numbers below still compare the checkpoints, "
+                   "but a low accuracy may be the judge's failing rather than the model's.")
+    if "train" in setup.splits:
+        judges += (" The judges include train rows, which the GPT was trained on; the judges are separate models and "
+                   "the generated texts are held-out ones.")
+    b = [Block("h2", "Emotion control on generated codes"),
+         Block("p", f"{len(setup.speakers)} speakers ({', '.join(setup.speakers)}) × {len(setup.texts)} held-out texts "
+                    f"× {len(setup.labels)} emotions, each emotion asked for by its label (the trained emotion-label "
+                    "table) and by a reference clip of that emotion from another speaker (zero-shot transfer), then "
+                    "the generated codes judged. Each speaker's prompt is its neutral clip where it has one; alpha "
+                    f"{o.alpha:g} blends the requested emotion vector with the prompt's own (1 = requested only); "
+                    f"{o.sampling} decoding (seed {options.seed}), at most {o.max_codes} codes and {o.length_cap:g}× "
+                    "the text's real length per item; KV cache."),
+         Block("p", judges)]
+    b += _image_or_note(images.get("code_judge"), "emotion judge on held-out real codes", "no emotion judge")
+    rows = [["stage", "asked by", "judged as asked (chance)", "lowest emotion", "speaker judge = prompt speaker",
+             "same speaker across emotions", "judged as the reference's speaker", "stop rate", "mean codes", "items"]]
+    per_emotion = [["emotion"]]
+    for r in results:
+        for mode, m in (r.emotion_control.modes if r.emotion_control else {}).items():
+            per_emotion[0].append(f"{r.name} {mode}")
+            if m is None:
+                rows.append([r.name, MODE_TITLES[mode], *["n/a"] * 8])
+                continue
+            worst = min(m.emotion.per_class, key=m.emotion.per_class.get)
+            rows.append([r.name, MODE_TITLES[mode], f"{_pct(m.emotion.accuracy)} ({_pct(m.emotion.chance)})",
+                         f"{worst} {_pct(m.emotion.per_class[worst])}", _pct(m.speaker_agreement),
+                         _pct(m.speaker_consistency), _pct(m.reference_speaker_rate), _pct(m.stop_rate),
+                         _num(m.mean_codes, ".1f"), str(m.n_items)])
+    for label in setup.labels:
+        per_emotion.append([label, *(_pct(m.emotion.per_class.get(label)) if m else "n/a"
+                                     for r in results for m in (r.emotion_control.modes if r.emotion_control else {}).values())])
+    b += [Block("table", items=rows), Block("p", "Share of each emotion's generated items the judge hears as that emotion:"),
+          Block("table", items=per_emotion)]
+    b += _image_or_note(images.get("emotion_control"), "per-emotion accuracy on generated codes", "nothing generated")
+    for r in results:
+        for mode in (r.emotion_control.modes if r.emotion_control else {}):
+            if images.get(f"control_{r.name}_{mode}"):
+                b.append(Block("img", f"{r.name} {mode}: asked vs judged emotion", [images[f"control_{r.name}_{mode}"]]))
+    notes = setup.notes + [f"{r.name}: {n}" for r in results if r.emotion_control for n in r.emotion_control.notes]
+    if notes:
+        b.append(Block("list", items=notes))
+    return b
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -225,6 +314,19 @@ def draw_plots(results: list[StageResult], out: Path) -> dict[str, Path | None]:
             r.probes.get("emotion_from_emovec"), f"{r.name}: emotion ← emotion vector", out / f"confusion_{r.name}.png")
         images[f"clusters_{r.name}"] = plots.plot_clusters(r.embeddings, r.emotion_labels, r.name,
                                                            out / f"clusters_{r.name}.png")
+    setup = _control_setup(results)
+    if setup is not None:
+        controls = {r.name: r.emotion_control.modes for r in results if r.emotion_control is not None}
+        images["code_judge"] = plots.plot_confusion(setup.emotion_judge.heldout, "emotion judge on held-out real codes",
+                                                    out / "code_judge_emotion.png")
+        images["emotion_control"] = plots.plot_emotion_control(
+            {n: {k: (m.emotion if m else None) for k, m in modes.items()} for n, modes in controls.items()},
+            MODE_TITLES, out / "emotion_control.png")
+        for n, modes in controls.items():
+            for k, m in modes.items():
+                images[f"control_{n}_{k}"] = plots.plot_confusion(
+                    m.emotion if m else None, f"{n}: emotion asked by {k} vs judged on the codes",
+                    out / f"control_{n}_{k}.png", axes=("asked", "judged"))
     return images
 
 
@@ -244,6 +346,7 @@ def write_report(results: list[StageResult], out_dir: Path, data_dir: Path, opti
             "stages": [r.to_json() for r in results],
             "flat": flat_metrics(results),
             "checks": [{"ok": ok, "text": text} for ok, text in goal_checks(results)],
+            "emotion_control": setup.to_json() if (setup := _control_setup(results)) else None,
             "images": sorted(p.name for p in images.values() if p is not None),
         }
         (tmp / "report.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from indextts_ray.schema import StrictModel
 
@@ -17,6 +19,21 @@ class SynthStep(StrictModel):
     seed: int = 0
 
 
+class TokenizerStep(StrictModel):
+    """Optional step before prepare: a BPE model for the corpus, used by prepare (and then by training).
+
+    Without it `prepare` trains one on its own when `data.tokenizer` is unset; the step exists to extend an
+    existing model (`base`, e.g. the official bpe.model) with a new language keeping every old id, or to
+    train one once and share it.
+    """
+
+    enabled: bool = False
+    base: str | None = Field(None, description="bpe.model to extend (ids kept); None = train a new one")
+    pieces: int = Field(2000, ge=1, description="extend: at most this many new pieces")
+    language: str | None = Field(None, description="extend: learn new pieces only from this language's rows")
+    character_coverage: float = Field(1.0, gt=0, le=1)
+
+
 class SpeakersStep(StrictModel):
     top_k: int = Field(500, ge=1)
     min_samples: int = Field(50, ge=1)
@@ -27,16 +44,43 @@ class StageStep(StrictModel):
 
     config: str
     overrides: list[str] = Field(default_factory=list)
+    tune: bool = Field(False, description="stage 2 only: `config` is a tune config (configs/tune/*.yaml); run the "
+                       "Ray Tune band-control search and take its best trial's weights as the Stage-2 result")
+
+
+class EmotionControlStep(StrictModel):
+    """Emotion-controlled generation judged on the codes (`indextts-ray eval --emotion-control`); off by default.
+    Each export generates speakers x texts x 7 emotions x 2 (label, reference clip) items."""
+
+    enabled: bool = False
+    speakers: int = Field(4, ge=1)
+    texts: int = Field(4, ge=1)
+    alpha: float = Field(1.0, ge=0.0, le=1.0, description="blend with the speaker prompt's own emotion vector")
+    max_codes: int = Field(300, ge=1)
+    splits: list[Literal["train", "val"]] = Field(default_factory=lambda: ["val"], min_length=1,
+                                                  description="real rows that train the code-space judges")
+    reference: bool = True
+    epochs: int = Field(30, ge=1, description="judge training epochs")
 
 
 class EvalStep(StrictModel):
     enabled: bool = True
     max_items: int = Field(400, ge=10, description="held-out clips used for the probes")
+    emotion_control: EmotionControlStep = EmotionControlStep()
 
 
 class PipelineConfig(StrictModel):
+    @model_validator(mode="after")
+    def _tune_only_in_stage2(self):
+        for n in (1, 3):
+            if getattr(self, f"stage{n}").tune:
+                raise ValueError(f"pipeline.stage{n}.tune: only stage 2 can be tuned")
+        return self
+
+
     work_dir: str = "pipeline_out"
     synth: SynthStep = SynthStep()
+    tokenizer: TokenizerStep = TokenizerStep()
     speakers: SpeakersStep = SpeakersStep()
     stage1: StageStep = StageStep(config="configs/stage1.yaml")
     stage2: StageStep = StageStep(config="configs/stage2.yaml")

@@ -28,6 +28,10 @@ class StepFailed(RuntimeError):
         self.step, self.job_id = step, job_id
 
 
+class StepRejected(StepFailed, UserError):
+    """A step stopped by its input or config (a UserError inside): the CLI prints one line and exits 2."""
+
+
 def step_keys(cfg: Config, graph: list[Step]) -> dict[str, str]:
     keys: dict[str, str] = {}
     for s in graph:
@@ -75,11 +79,10 @@ def run_pipeline(cfg: Config, until: str | None = None, force: tuple[str, ...] =
         print(f"[pipeline] {step.name}: running", flush=True)
         try:
             r = run_one(cfg, step.name)
-        except UserError:
-            raise
         except Exception as e:
             dependents = [s.name for s in graph[graph.index(step) + 1:]]
-            raise StepFailed(step.name, f"{type(e).__name__}: {e}; not run: {', '.join(dependents) or 'none'}") from e
+            failed = StepRejected if isinstance(e, UserError) else StepFailed
+            raise failed(step.name, f"{type(e).__name__}: {e}; not run: {', '.join(dependents) or 'none'}") from e
         ran.append(step.name)
         print(f"[pipeline] {step.name}: done in {r['seconds']:.1f}s {r['metrics']}", flush=True)
     return ran

@@ -1,4 +1,4 @@
-"""The recipe as a DAG of steps: synth? -> prepare -> speakers -> stage1 -> stage2 -> stage3 -> export -> eval.
+"""The recipe as a DAG of steps: synth? -> tokenizer? -> prepare -> speakers -> stage1 -> stage2 -> stage3 -> export -> eval.
 
 Each step is a function of the resolved pipeline `Config` that writes into `pipeline.work_dir`; the same
 function runs in-process (`pipeline run`) and inside a Ray Job (`jobs/<step>.py`, `pipeline submit`).
@@ -33,6 +33,10 @@ class Layout:
         return self.work / "prepared"
 
     @property
+    def tokenizer(self) -> Path:
+        return self.work / "tokenizer" / "bpe.model"
+
+    @property
     def mapping(self) -> Path:
         return self.work / "speaker_mapping.json"
 
@@ -64,6 +68,11 @@ def data_config(cfg: Config) -> Config:
         update |= {"manifest": str(lay.corpus / "manifest.jsonl"), "root": str(lay.corpus)}
     elif cfg.data.manifest is None:
         raise ConfigError("data.manifest is not set (or enable pipeline.synth for the synthetic corpus)")
+    if cfg.pipeline.tokenizer.enabled:
+        if cfg.data.tokenizer is not None:
+            raise ConfigError("pipeline.tokenizer.enabled makes the tokenizer; leave data.tokenizer unset "
+                              "(or disable the step to use data.tokenizer as it is)")
+        update["tokenizer"] = str(lay.tokenizer)
     return cfg.model_copy(update={"data": cfg.data.model_copy(update=update)})
 
 
@@ -71,7 +80,9 @@ def stage_config(cfg: Config, stage: int) -> Config:
     """Stage N's config file + overrides, wired to the pipeline's data, mapping and previous stage's export."""
     lay = layout(cfg)
     step = getattr(cfg.pipeline, f"stage{stage}")
-    wiring = [f"train.data_dir={lay.prepared}", f"run.output_dir={lay.runs}", f"run.name=stage{stage}"]
+    # a search keeps its own dir: its trials' runs never mix with a plain run's checkpoints
+    name = f"stage{stage}-tune" if step.tune else f"stage{stage}"
+    wiring = [f"train.data_dir={lay.prepared}", f"run.output_dir={lay.runs}", f"run.name={name}"]
     if stage > 1:
         wiring.append(f"train.init_checkpoint={lay.final(stage - 1)}")
     if stage == 2:
@@ -106,6 +117,33 @@ def run_synth(cfg: Config) -> dict:
     return {"manifest": str(manifest)}
 
 
+def run_tokenizer(cfg: Config) -> dict:
+    """Train a BPE on the corpus text (normalised as prepare does), or extend `pipeline.tokenizer.base`."""
+    from indextts_ray.data.tokenizer import extend_tokenizer, load_tokenizer, manifest_texts, train_tokenizer
+
+    t, data, out = cfg.pipeline.tokenizer, data_config(cfg).data, layout(cfg).tokenizer
+    by_lang, skipped = manifest_texts(data.manifest, data.format, data.text)
+    if t.base is None:
+        texts = [x for xs in by_lang.values() for x in xs]
+        train_tokenizer(texts, out.with_suffix(""), data.tokenizer_vocab_size, t.character_coverage)
+        return {"vocab_size": load_tokenizer(out).vocab_size, "texts": len(texts), "rows_without_text": skipped}
+    if t.language is not None and t.language not in by_lang:
+        raise ConfigError(f"pipeline.tokenizer.language={t.language!r}: the manifest has rows of "
+                          f"{', '.join(sorted(by_lang))} only")
+    texts = by_lang[t.language] if t.language else [x for xs in by_lang.values() for x in xs]
+    report = extend_tokenizer(t.base, texts, out, t.pieces, coverage_texts=by_lang,
+                              character_coverage=t.character_coverage)
+    if report.new_vocab > cfg.model.number_text_tokens:
+        raise ConfigError(f"{out}: {report.new_vocab} pieces > model.number_text_tokens "
+                          f"{cfg.model.number_text_tokens}; set model.number_text_tokens={report.new_vocab} or more "
+                          "(the init checkpoint's text embedding grows on load, old rows unchanged)")
+    for lang in sorted(by_lang):
+        print(f"[tokenizer] {lang}: unknown characters {1 - report.coverage_before[lang]['coverage']:.2%} -> "
+              f"{1 - report.coverage_after[lang]['coverage']:.2%}")
+    return {"vocab_size": report.new_vocab, "added": report.added, "base_vocab": report.base_vocab,
+            **{f"unknown_after/{lang}": 1 - c["coverage"] for lang, c in report.coverage_after.items()}}
+
+
 def run_prepare(cfg: Config) -> dict:
     from indextts_ray.data.prepare import prepare_dataset
 
@@ -131,14 +169,28 @@ def run_stage(cfg: Config, stage: int) -> dict:
     from indextts_ray.train.trainer import run_training
 
     scfg = stage_config(cfg, stage)
-    run_training(scfg)
     run_dir = Path(scfg.run.output_dir) / scfg.run.name
+    if getattr(cfg.pipeline, f"stage{stage}").tune:
+        return run_tuned_stage(scfg, layout(cfg).final(stage))
+    run_training(scfg)
     export_run(run_dir, layout(cfg).final(stage))
     metrics = read_metrics(run_dir)
     last = metrics[max(metrics)] if metrics else {}
     vals = [m["val_loss"] for m in metrics.values() if "val_loss" in m]
     return {"steps": max(metrics) if metrics else 0, "mel_loss": last.get("mel_loss"),
             "best_val_loss": min(vals) if vals else None}
+
+
+def run_tuned_stage(scfg: Config, final: Path) -> dict:
+    """The Ray Tune search in the stage's run dir; its best trial's export is copied to `final`."""
+    from indextts_ray.train.export import copy_dir
+    from indextts_ray.tune.search import run_tune
+
+    outcome = run_tune(scfg)
+    copy_dir(outcome.export, final)
+    best = next(r for r in outcome.rows if r["trial"] == outcome.best_trial)
+    return {"best_trial": outcome.best_trial, "trials": len(outcome.rows), "steps": best.get("steps"),
+            scfg.tune.metric: best.get(scfg.tune.metric), "best_config": str(outcome.best_config)}
 
 
 def run_export(cfg: Config) -> dict:
@@ -149,13 +201,24 @@ def run_export(cfg: Config) -> dict:
 
 
 def run_eval(cfg: Config) -> dict:
-    """Evaluate the three stage exports on the held-out shards; the report goes to `<work>/report/`."""
+    """Evaluate the three stage exports on the held-out shards (with `pipeline.eval.emotion_control`: also
+    emotion-controlled generation); the report goes to `<work>/report/`."""
+    from indextts_ray.eval.emotion_control import EmotionControlOptions
     from indextts_ray.eval.evaluate import EvalOptions, evaluate_and_report
 
     lay = layout(cfg)
+    ec = cfg.pipeline.eval.emotion_control
+    control = EmotionControlOptions(speakers=ec.speakers, texts=ec.texts, alpha=ec.alpha, max_codes=ec.max_codes,
+                                    splits=tuple(ec.splits), reference=ec.reference, epochs=ec.epochs)
     summary = evaluate_and_report({f"stage{n}": lay.final(n) for n in (1, 2, 3)}, lay.prepared, lay.report,
-                                  EvalOptions(max_items=cfg.pipeline.eval.max_items))
+                                  EvalOptions(max_items=cfg.pipeline.eval.max_items,
+                                              emotion_control=control if ec.enabled else None))
     return {"report": str(lay.report / "report.md"), **summary["flat"]}
+
+
+def _manifest_fingerprint(cfg: Config) -> str | None:
+    """A user manifest's fingerprint; the synthetic one is covered by the synth step's key."""
+    return None if cfg.pipeline.synth.enabled else fingerprint_file(cfg.data.manifest)
 
 
 @dataclass(frozen=True)
@@ -170,21 +233,29 @@ class Step:
 def _stage_step(n: int, deps: tuple[str, ...]) -> Step:
     return Step(f"stage{n}", deps, lambda c: run_stage(c, n),
                 lambda c: [config_to_dict(stage_config(c, n)), fingerprint_file(stage_config(c, n).train.init_checkpoint)
-                           if n == 1 else None],
+                           if n == 1 else None, getattr(c.pipeline, f"stage{n}").tune],
                 lambda lay: [lay.final(n) / "gpt.pth"])
 
 
 def build_graph(cfg: Config) -> list[Step]:
     """Steps in execution order (a topological order of the DAG)."""
-    prepare_deps = ("synth",) if cfg.pipeline.synth.enabled else ()
+    corpus_deps = ("synth",) if cfg.pipeline.synth.enabled else ()
     steps = []
     if cfg.pipeline.synth.enabled:
         steps.append(Step("synth", (), run_synth, lambda c: config_to_dict(c.pipeline.synth),
                           lambda lay: [lay.corpus / "manifest.jsonl"]))
+    prepare_deps = corpus_deps
+    if cfg.pipeline.tokenizer.enabled:
+        steps.append(Step("tokenizer", corpus_deps, run_tokenizer,
+                          lambda c: [config_to_dict(c.pipeline.tokenizer), config_to_dict(c.data.text),
+                                     c.data.tokenizer_vocab_size, fingerprint_file(c.pipeline.tokenizer.base),
+                                     _manifest_fingerprint(c)],
+                          lambda lay: [lay.tokenizer]))
+        prepare_deps = (*corpus_deps, "tokenizer")
     steps += [
         Step("prepare", prepare_deps, run_prepare,
              lambda c: [config_to_dict(data_config(c).data), config_to_dict(c.model),
-                        None if c.pipeline.synth.enabled else fingerprint_file(c.data.manifest)],
+                        _manifest_fingerprint(c)],
              lambda lay: [lay.prepared / "dataset.json"]),
         Step("speakers", ("prepare",), run_speakers, lambda c: config_to_dict(c.pipeline.speakers),
              lambda lay: [lay.mapping]),

@@ -8,7 +8,9 @@ from pydantic import Field, field_validator, model_validator
 
 from indextts_ray.model.config import LossWeights
 from indextts_ray.schema import StrictModel
+from indextts_ray.train.robust_config import EarlyStoppingConfig, EMAConfig, MixtureConfig, SpikeGuardConfig
 from indextts_ray.tune.config import BandControlConfig
+from indextts_ray.tune.controller import controller_for
 
 
 class BatchConfig(StrictModel):
@@ -32,6 +34,9 @@ class ScalingSettings(StrictModel):
     """`num_workers: [min, max]` makes the run elastic: workers may leave and join; it goes on at any size."""
 
     num_workers: int | tuple[int, int] = 1
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every rank holds the whole model, gradients and AdamW state; fsdp: FSDP2 shards "
+        "them over the ranks (~16 bytes per trainable parameter / ranks); same checkpoints either way")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     resources_per_worker: dict[str, float] = Field(default_factory=dict, description="extra custom resources")
@@ -76,6 +81,8 @@ class TrainConfig(StrictModel):
 
     stage: Literal[1, 2, 3] = 1
     data_dir: str | None = Field(None, description="output of `indextts-ray prepare` (has train/ and val/)")
+    mixture: MixtureConfig | None = Field(None, description="several prepared datasets with weights, instead of "
+                                          "data_dir; validation uses all their val/ splits")
     init_checkpoint: str | None = Field(None, description="official gpt.pth or an exported stage dir; None = scratch")
     speaker_mapping: str | None = Field(None, description="speaker_mapping.json; required when loss.speaker > 0")
     only_mapped_speakers: bool = Field(False, description="train on the rows whose speaker is in the mapping")
@@ -98,6 +105,12 @@ class TrainConfig(StrictModel):
     checkpoint: CheckpointSettings = CheckpointSettings()
     scaling: ScalingSettings = ScalingSettings()
     logging: LoggingSettings = LoggingSettings()
+    guard: SpikeGuardConfig = SpikeGuardConfig()
+    ema: EMAConfig = EMAConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    export_from: Literal["auto", "best", "last"] = Field(
+        "auto", description="what `final` (the next stage's init) and `indextts-ray export RUN` take: the best "
+        "validation weights (<run>/best) or the last checkpoint; auto = best when early_stopping is enabled")
 
     @field_validator("amp", mode="before")
     @classmethod
@@ -110,4 +123,23 @@ class TrainConfig(StrictModel):
             raise ValueError("stage 2 with loss.speaker > 0 needs train.speaker_mapping (run `indextts-ray speakers`)")
         if self.only_mapped_speakers and self.speaker_mapping is None:
             raise ValueError("only_mapped_speakers needs train.speaker_mapping")
+        if self.mixture is not None and self.data_dir is not None:
+            raise ValueError("set train.data_dir or train.mixture, not both")
+        if (self.scaling.strategy == "fsdp" and self.amp != "off" and self.band.disable_amp_on_divergence
+                and controller_for(self) is not None):
+            # FSDP fixes the compute dtype when it shards: mixed precision cannot be switched off mid-run
+            raise ValueError("train.scaling.strategy=fsdp cannot turn AMP off on a divergence (Stage-2 band control): "
+                             "set train.band.disable_amp_on_divergence=false (λ and weight are still lowered and the "
+                             "checkpoint reloaded), or train.amp=off")
         return self
+
+    @property
+    def data_dirs(self) -> list[str]:
+        """The prepared datasets this stage reads: the mixture's, else data_dir (empty when neither is set)."""
+        if self.mixture is not None:
+            return [d.path for d in self.mixture.datasets]
+        return [self.data_dir] if self.data_dir else []
+
+    @property
+    def export_best(self) -> bool:
+        return self.export_from == "best" or (self.export_from == "auto" and self.early_stopping.enabled)

@@ -10,6 +10,10 @@ optimizer steps than with 1.
 `swapped(model)` puts the averaged weights into the model for an evaluation or an export and restores the
 training weights bit for bit afterwards; the parameter names do not change, so an export made inside it
 still holds exactly the official keys.
+
+Under FSDP (`train.scaling.strategy: fsdp`) each rank averages only its shard of every parameter, so the
+average is sharded like the model; `state_dict()` gathers the whole average (then every rank must call it)
+and `load_state_dict` takes the whole average and keeps this rank's shard: the saved layout is the same.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Iterator
 import torch
 
 from indextts_ray.train.robust_config import EMAConfig
+from indextts_ray.train.sharding import gather, local, scatter
 
 __all__ = ["EMA", "EMAConfig", "load_ema_weights"]
 
@@ -35,8 +40,10 @@ class EMA:
         self.cfg = cfg
         self.num_updates = 0
         device = torch.device("cpu") if cfg.on_cpu else None
-        self.shadow: dict[str, torch.Tensor] = {
-            n: p.detach().to(device=device or p.device, dtype=torch.float32, copy=True) for n, p in _tracked(model).items()
+        tracked = _tracked(model)
+        self._like = tracked  # the parameters' layout (sharded or not) for gathering the average
+        self.shadow: dict[str, torch.Tensor] = {  # this rank's shard of each parameter's average
+            n: local(p).detach().to(device=device or p.device, dtype=torch.float32, copy=True) for n, p in tracked.items()
         }
 
     @torch.no_grad()
@@ -84,8 +91,9 @@ class EMA:
             params[name].copy_(s)
 
     def state_dict(self) -> dict:
+        """The whole average on the CPU (sharded: gathered, every rank must call this)."""
         return {"decay": self.cfg.decay, "every_n_steps": self.cfg.every_n_steps, "num_updates": self.num_updates,
-                "shadow": {n: s.detach().cpu() for n, s in self.shadow.items()}}
+                "shadow": {n: gather(s, self._like[n]).detach().cpu() for n, s in self.shadow.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the average; refuse another parameter set or an average built with another decay/cadence."""
@@ -105,13 +113,15 @@ class EMA:
             raise ValueError(f"EMA state does not match the trainable parameters: missing {missing[:5]}, "
                              f"unexpected {extra[:5]} (was the freeze list changed?)")
         for name, s in self.shadow.items():
-            if shadow[name].shape != s.shape:
-                raise ValueError(f"EMA state: {name} has shape {tuple(shadow[name].shape)}, model {tuple(s.shape)}")
-            s.copy_(shadow[name])
+            like = self._like[name]
+            if shadow[name].shape != like.shape:
+                raise ValueError(f"EMA state: {name} has shape {tuple(shadow[name].shape)}, model {tuple(like.shape)}")
+            s.copy_(scatter(shadow[name], like))
         self.num_updates = int(n)
 
-    def _match(self, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-        params = dict(model.named_parameters())
+    def _match(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The model's parameters by name; a sharded one as this rank's shard (what `shadow` holds)."""
+        params = {n: local(p) for n, p in model.named_parameters()}
         missing = [n for n in self.shadow if n not in params]
         if missing:
             raise ValueError(f"EMA: the model has no parameters {missing[:5]} (pass the unwrapped model, not DDP)")

@@ -15,6 +15,7 @@ import torch
 
 from indextts_ray.errors import DataError
 from indextts_ray.io_utils import atomic_write, atomic_write_json, sha256_file
+from indextts_ray.train.sharding import full_state_dicts, is_sharded, load_full_state_dicts
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
@@ -35,31 +36,48 @@ class Progress:
     skipped_steps: int = 0
     band: dict = field(default_factory=dict)  # BandController.state_dict(): resume continues the same control
     rollbacks: int = 0  # reloads of the last checkpoint after a divergence
+    guard: dict = field(default_factory=dict)  # SpikeGuard.state_dict(): running means, skip counters
+    early_stop: dict = field(default_factory=dict)  # EarlyStopping.state_dict(): best value/step, patience used
 
 
-def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
-    return (seed * 1_000_003 + step * 10_007 + micro * 101 + rank) % (2**63 - 1)
+def step_seed(seed: int, epoch: int, batch: int) -> int:
+    """Seed for one micro-batch: its epoch and index in that epoch's plan (independent of rank and world size)."""
+    return ((seed * 1_000_003 + epoch) * 2**32 + batch) % (2**63 - 1)
 
 
-def save_state(directory: Path, *, model, optimizer, scheduler, scaler, progress: Progress, config: dict) -> Path:
-    """Write `state.pt` (atomic) and `checksums.json` into `directory`."""
+def gather_state(model, optimizer, ema=None) -> dict:
+    """The model, optimizer and EMA entries of a checkpoint, for `save_state`: always the whole (unsharded) state.
+
+    An FSDP-sharded model makes this a collective: every rank calls it, rank 0 gets the state (others empty).
+    """
+    model_state, optimizer_state = full_state_dicts(model, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state, "ema": ema.state_dict() if ema is not None else None}
+
+
+def save_state(directory: Path, *, weights: dict, scheduler, scaler, progress: Progress, config: dict) -> Path:
+    """Write `state.pt` (atomic) and `checksums.json` into `directory` (`weights`: from `gather_state`)."""
     directory.mkdir(parents=True, exist_ok=True)
     blob = {
         "format_version": FORMAT_VERSION,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": weights["model"],
+        "optimizer": weights["optimizer"],
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
         "progress": asdict(progress),
         "config": json.dumps(config),
+        "ema": weights["ema"],
     }
     path = atomic_write(directory / STATE_FILE, lambda tmp: torch.save(blob, tmp))
     atomic_write_json(directory / "checksums.json", {STATE_FILE: sha256_file(path)})
     return path
 
 
-def load_state(directory: Path, *, model, optimizer, scheduler, scaler) -> tuple[Progress, dict]:
-    """Restore everything from `directory`; verify the checksum; refuse unknown or missing keys."""
+def load_state(directory: Path, *, model, optimizer, scheduler, scaler, ema=None) -> tuple[Progress, dict]:
+    """Restore everything from `directory`; verify the checksum; refuse unknown or missing keys.
+
+    A checkpoint without an average (written before EMA was switched on) restarts `ema` at the restored weights.
+    An FSDP-sharded model loads the same (whole-model) checkpoint; then every rank must call this.
+    """
     path = directory / STATE_FILE
     sums = json.loads((directory / "checksums.json").read_text())
     if sha256_file(path) != sums[STATE_FILE]:
@@ -67,12 +85,21 @@ def load_state(directory: Path, *, model, optimizer, scheduler, scaler) -> tuple
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if blob.pop("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: checkpoint format is not {FORMAT_VERSION}")
-    model.load_state_dict(blob.pop("model"))
-    optimizer.load_state_dict(blob.pop("optimizer"))
+    model_state, optimizer_state = blob.pop("model"), blob.pop("optimizer")
+    if is_sharded(model):  # every rank keeps its shard of the whole state
+        load_full_state_dicts(model, optimizer, model_state, optimizer_state)
+    else:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(blob.pop("scheduler"))
     scaler.load_state_dict(blob.pop("scaler"))
     progress = Progress(**blob.pop("progress"))
     config = json.loads(blob.pop("config"))
+    ema_state = blob.pop("ema", None)  # absent in checkpoints written before EMA existed
+    if ema is not None and ema_state is not None:
+        ema.load_state_dict(ema_state)
+    elif ema is not None:
+        ema.reset(model)
     if blob:
         raise DataError(f"{path}: unexpected keys {sorted(blob)}")
     return progress, config

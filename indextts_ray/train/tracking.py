@@ -39,10 +39,20 @@ TB_TAGS = {
     "padding": "perf/padding",
     "data_wait": "perf/data_wait",
     "grl_lambda": "train/grl_lambda",
+    "speaker_weight": "train/speaker_weight",
+    "skipped_steps": "guard/skipped_steps",
+    "guard_reloads": "guard/reloads",
+    "fp16_overflows": "guard/fp16_overflows",
+    "lr_scale": "guard/lr_scale",
     "val_loss": "val/mel_loss",
     "val_mel_top1": "val/mel_top1",
     "val_text_loss": "val/text_loss",
 }
+
+
+def tb_tag(key: str) -> str | None:
+    """The TensorBoard tag of a metric: the seed's names, per-dataset mixture metrics as they are, else None."""
+    return TB_TAGS.get(key) or (key if key.startswith("mix/") else None)
 
 
 def device_peak_tflops(device: torch.device, configured: float | None) -> float | None:
@@ -117,8 +127,9 @@ class Tracker:
         if line and "mel_loss" in metrics:
             log.info(format_line(metrics))
         for k, v in metrics.items():
-            if self.tb is not None and k in TB_TAGS and v is not None:
-                self.tb.add_scalar(TB_TAGS[k], float(v), step)
+            tag = tb_tag(k)
+            if self.tb is not None and tag is not None and v is not None:
+                self.tb.add_scalar(tag, float(v), step)
         self.jsonl.write(json.dumps({k: v for k, v in metrics.items() if v is not None}) + "\n")
         self.jsonl.flush()
         if self.wandb is not None:

@@ -11,9 +11,10 @@ import ray.data
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from indextts_ray.config import Config, write_resolved_config
+from indextts_ray.config import Config, config_hash, write_resolved_config
+from indextts_ray.data.mixing import check_compatible
 from indextts_ray.errors import UserError
-from indextts_ray.train.loop import train_loop_per_worker
+from indextts_ray.train.loop import read_finished, train_loop_per_worker
 from indextts_ray.train.shards import list_shards
 
 log = logging.getLogger("indextts_ray.train")
@@ -26,9 +27,14 @@ def absolutize(cfg: Config, base: Path | None = None) -> Config:
     def fix(p: str | None) -> str | None:
         return None if p is None else str((base / p).resolve()) if not os.path.isabs(p) else p
 
+    mixture = cfg.train.mixture
+    if mixture is not None:
+        mixture = mixture.model_copy(update={"datasets": [d.model_copy(update={"path": fix(d.path)})
+                                                          for d in mixture.datasets]})
     update = {
         "train": cfg.train.model_copy(update={
             "data_dir": fix(cfg.train.data_dir),
+            "mixture": mixture,
             "init_checkpoint": fix(cfg.train.init_checkpoint),
             "speaker_mapping": fix(cfg.train.speaker_mapping),
         }),
@@ -39,13 +45,32 @@ def absolutize(cfg: Config, base: Path | None = None) -> Config:
 
 def check_inputs(cfg: Config) -> None:
     tc = cfg.train
-    if tc.data_dir is None:
-        raise UserError("train.data_dir is not set: point it at the output of `indextts-ray prepare`")
+    if not tc.data_dirs:
+        raise UserError("train.data_dir is not set: point it at the output of `indextts-ray prepare` "
+                        "(or list several prepared datasets in train.mixture)")
     for path, what in ((tc.init_checkpoint, "train.init_checkpoint"), (tc.speaker_mapping, "train.speaker_mapping")):
         if path is not None and not Path(path).exists():
             raise UserError(f"{what}: {path} does not exist")
-    list_shards(Path(tc.data_dir) / "train")
-    list_shards(Path(tc.data_dir) / "val")
+    for d in tc.data_dirs:
+        list_shards(Path(d) / "train")
+        list_shards(Path(d) / "val")
+    if tc.mixture is not None:
+        check_compatible([Path(d) for d in tc.data_dirs])
+    check_freeze(cfg)
+
+
+def check_freeze(cfg: Config) -> None:
+    """Unknown `train.freeze` names fail here, before any worker starts (a worker error would be retried)."""
+    import torch
+
+    from indextts_ray.model.unifiedvoice import UnifiedVoice
+
+    with torch.device("meta"):  # module names only: no memory, no init cost
+        modules = dict(UnifiedVoice(cfg.model).named_children())
+    unknown = [n for n in cfg.train.freeze if n not in modules]
+    if unknown:
+        raise UserError(f"train.freeze: UnifiedVoice has no module {', '.join(map(repr, unknown))}; "
+                        f"its modules are {', '.join(modules)}")
 
 
 def build_trainer(cfg: Config) -> TorchTrainer:
@@ -68,7 +93,7 @@ def build_trainer(cfg: Config) -> TorchTrainer:
                                                         os.environ.get("PYTHONPATH")])),
         }},
     )
-    val = ray.data.read_parquet([str(p) for p in list_shards(Path(tc.data_dir) / "val")])
+    val = ray.data.read_parquet([str(p) for d in tc.data_dirs for p in list_shards(Path(d) / "val")])
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg.model_dump(mode="json"),
@@ -79,11 +104,17 @@ def build_trainer(cfg: Config) -> TorchTrainer:
 
 
 def run_training(cfg: Config):
-    """Fit one stage. Rerunning with the same run.output_dir + run.name resumes (or does nothing if done)."""
+    """Fit one stage. Rerunning with the same run.output_dir + run.name resumes, or returns None at once when
+    the run finished with the same config (no Ray start)."""
     cfg = absolutize(cfg)
     check_inputs(cfg)
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     write_resolved_config(cfg, run_dir)
+    finished = read_finished(run_dir)
+    if finished is not None and finished["config_hash"] == config_hash(cfg):
+        log.info("%s finished at step %d with this config: nothing to do (change e.g. train.max_steps or "
+                 "train.epochs to train on)", run_dir, finished["step"])
+        return None
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
     result = build_trainer(cfg).fit()

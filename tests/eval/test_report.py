@@ -134,7 +134,12 @@ def test_pipeline_eval_step_writes_the_work_dir_report(tiny_run):
     assert graph["eval"].deps == ("export",)
     metrics = run_eval(cfg)
     assert metrics["report"] == str(root / "report" / "report.md")
-    assert set(metrics) >= {"stage1/val_loss", "stage2/speaker_from_emovec", "stage3/stop_rate"}
-    assert json.loads((root / "report" / "report.json").read_text())["stages"][0]["n_rows"] == 10
+    assert set(metrics) >= {"stage1/val_loss", "stage2/speaker_from_emovec", "stage3/stop_rate",
+                            "stage2/emotion_control_label_accuracy", "stage3/emotion_control_reference_accuracy"}
+    report = json.loads((root / "report" / "report.json").read_text())
+    assert report["stages"][0]["n_rows"] == 10
+    # the demo config turns emotion control on, small: 2 speakers x 2 texts, judges trained on train+val
+    control = report["emotion_control"]
+    assert control["splits"] == ["train", "val"] and len(control["speakers"]) == 2 and len(control["texts"]) == 2
     off = load_config(REPO / "configs/pipeline/demo.yaml", [f"pipeline.work_dir={root}", "pipeline.eval.enabled=false"])
     assert "eval" not in {s.name for s in build_graph(off)}

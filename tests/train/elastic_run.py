@@ -31,6 +31,7 @@ def main(data_dir: str, out_dir: str, rejoin: bool) -> None:
         f"train.data_dir={data_dir}", f"run.output_dir={out_dir}", "run.name=elastic", "train.epochs=2",
         "train.batch.max_tokens=400", "train.checkpoint.every_steps=2", "train.eval_every_steps=100",
         "train.logging.every_steps=1", "train.logging.wandb=false", "train.logging.sample_ids=true",
+        "train.warmup_steps=2",  # as the reference run (tests/train/test_train_ray.py FAST)
         "train.scaling.num_workers=[1, 2]", "train.scaling.cpus_per_worker=0.5",
         "train.scaling.resources_per_worker={trainslot: 1}", "train.scaling.elastic_monitor_interval_s=2",
     ])

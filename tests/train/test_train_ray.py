@@ -60,9 +60,13 @@ def test_rerun_after_completion_does_no_work(stage1_run):
     cfg, run_dir = stage1_run
     before = latest_checkpoint(run_dir)
     n_lines = len((run_dir / "metrics.jsonl").read_text().splitlines())
-    run_training(cfg)
+    assert run_training(cfg) is None  # finished.json matches this config: Ray is not even started
     assert latest_checkpoint(run_dir) == before
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == n_lines
+    # one more epoch in the config: the finished run trains on from its last checkpoint
+    more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 9})})
+    run_training(more)
+    assert _state(run_dir)["progress"]["step"] == 27 and min(read_metrics(run_dir)) == 1
 
 
 def _params(state: dict, prefix: str) -> dict:
@@ -116,15 +120,7 @@ def test_sigkill_worker_resumes_and_matches_uninterrupted_run(tiny_dataset, ray_
     cfg = stage_cfg(1, tiny_dataset, tmp_path, "killed", *extra)
     run_dir = tmp_path / "killed"
     done = {}
-    thread = threading.Thread(target=lambda: done.setdefault("result", run_training(cfg)))
-    thread.start()
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (snapshot.exists() and "step-00000003" in snapshot.read_text()):
-        time.sleep(0.2)
-    assert snapshot.exists(), "no checkpoint registered in time"
-    killed_pid = int((run_dir / "workers" / "rank1.pid").read_text())
-    os.kill(killed_pid, signal.SIGKILL)
+    thread, killed_pid = kill_rank1_after_checkpoint(run_dir, 3, lambda: done.setdefault("result", run_training(cfg)))
     thread.join(timeout=600)
     assert "result" in done
     assert int((run_dir / "workers" / "rank1.pid").read_text()) != killed_pid  # the group really restarted
@@ -139,13 +135,28 @@ def test_sigkill_worker_resumes_and_matches_uninterrupted_run(tiny_dataset, ray_
         assert len(ids) == len(set(ids)), epoch
 
 
+def kill_rank1_after_checkpoint(run_dir: Path, step: int, target) -> tuple[threading.Thread, int]:
+    """Start `target` (a training run) in a thread; SIGKILL rank 1 once step-<step> is registered (RAY_NOTES)."""
+    thread = threading.Thread(target=target)
+    thread.start()
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (snapshot.exists() and f"step-{step:08d}" in snapshot.read_text()):
+        time.sleep(0.2)
+    assert snapshot.exists(), "no checkpoint registered in time"
+    killed_pid = int((run_dir / "workers" / "rank1.pid").read_text())
+    os.kill(killed_pid, signal.SIGKILL)
+    return thread, killed_pid
+
+
 def consumed_ids(run_dir: Path) -> dict[int, list[str]]:
-    """Sample ids per epoch from the audit files; a step redone after a restart counts once (its last attempt)."""
+    """Sample ids per epoch from the audit files; a step redone after a restart counts once (its last attempt).
+    Steps are told apart by their data position: a step skipped by the spike guard keeps its step number."""
     by_step: dict[tuple, dict] = {}
     for rank_file in sorted((run_dir / "samples").glob("rank*.jsonl")):
         for line in rank_file.read_text().splitlines():
             e = json.loads(line)
-            entry = by_step.setdefault((e["epoch"], e["step"]), {"attempt": e["attempt"], "ids": {}})
+            entry = by_step.setdefault((e["epoch"], e["position"]), {"attempt": e["attempt"], "ids": {}})
             if e["attempt"] > entry["attempt"]:
                 entry.update(attempt=e["attempt"], ids={})
             if e["attempt"] == entry["attempt"]:
@@ -154,3 +165,37 @@ def consumed_ids(run_dir: Path) -> dict[int, list[str]]:
     for (epoch, _), entry in sorted(by_step.items()):
         out.setdefault(epoch, []).extend(i for ids in entry["ids"].values() for i in ids)
     return out
+
+
+def test_fsdp_rerun_after_a_crash_matches_uninterrupted_run(tiny_dataset, ray_local, tmp_path):
+    # 13 batches at 200 tokens -> 3 steps of 2 ranks x 2 micro-batches per epoch, 3 epochs; EMA evaluated + best/
+    extra = ("train.scaling.strategy=fsdp", "train.batch.max_tokens=200", "train.batch.grad_accum=2", "train.epochs=3",
+             "train.checkpoint.every_steps=3", "train.ema.enabled=true", "train.ema.decay=0.5",
+             "train.scaling.max_failures=0")
+    run_training(stage_cfg(1, tiny_dataset, tmp_path, "ref", *extra))
+
+    cfg = stage_cfg(1, tiny_dataset, tmp_path, "crashed", *extra)
+    run_dir = tmp_path / "crashed"
+    done = {}
+
+    def first_attempt():
+        try:
+            run_training(cfg)
+        except Exception as e:  # noqa: BLE001 -- max_failures=0: the killed worker fails the run
+            done["error"] = e
+
+    thread, _ = kill_rank1_after_checkpoint(run_dir, 3, first_attempt)
+    thread.join(timeout=300)
+    assert "error" in done and _state(run_dir)["progress"]["step"] < 9
+    run_training(cfg)  # the same command again: resumes from the last checkpoint
+
+    ref_m, m = read_metrics(tmp_path / "ref"), read_metrics(run_dir)
+    assert _state(run_dir)["progress"]["step"] == _state(tmp_path / "ref")["progress"]["step"] == 9
+    for step in range(1, 10):
+        assert m[step]["mel_loss"] == pytest.approx(ref_m[step]["mel_loss"], rel=1e-6), step
+    assert m[9]["val_loss"] == pytest.approx(ref_m[9]["val_loss"], rel=1e-6)
+    assert _state(run_dir)["ema"]["num_updates"] == 9
+    out = export_run(run_dir, tmp_path / "export")  # a plain export of a checkpoint written under FSDP
+    official = TrainingModel(load_config(REPO / "configs/model/tiny.yaml")).model.state_dict()
+    assert list(torch.load(out / "gpt.pth", weights_only=True)) == list(official)
+    assert (run_dir / "best" / "gpt.pth").exists()

@@ -1,0 +1,170 @@
+"""Ray Train overhead: the same tiny-model Stage-1 steps in a plain PyTorch DDP loop vs inside Ray Train.
+
+    .venv/bin/python benchmarks/train_overhead.py                 # 2 workers, 30 timed steps
+    .venv/bin/python benchmarks/train_overhead.py --workers 1 --steps 60
+
+Both sides train the same model (configs/demo/stage1.yaml, tiny), on the same prepared shards (synthesised +
+prepared once into --work), with the same deterministic epoch plan, rank split, collate and optimizer. The plain
+side is two `torch.multiprocessing` processes with gloo DDP and nothing else; the Ray side is `indextts-ray
+train` (TorchTrainer, Ray Data validation set, metrics all-reduce, audit, spike guard, checkpoints at the end
+only). Step time is measured inside the loop after `--warmup` steps on both sides, so the ratio is the per-step
+overhead; start-up (Ray cluster + worker group) is printed separately. Target: Ray steps/s ÷ plain >= 0.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def stage_config(data: Path, out: Path, workers: int, steps: int):
+    from indextts_ray.config import load_config
+
+    return load_config(REPO / "configs/demo/stage1.yaml", [
+        f"train.data_dir={data}", f"run.output_dir={out}", "run.name=overhead", f"train.max_steps={steps}",
+        "train.epochs=1000", f"train.scaling.num_workers={workers}", "train.scaling.cpus_per_worker=0.5",
+        f"train.eval_every_steps={steps}", f"train.checkpoint.every_steps={steps}", "train.logging.every_steps=1",
+        "train.logging.wandb=false", "train.logging.tensorboard=false"])
+
+
+# ----------------------------------------------------------------------------- plain PyTorch DDP
+
+
+def plain_worker(rank: int, world_size: int, cfg_json: str, steps: int, port: int, out: str) -> None:
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    from indextts_ray.config import Config
+    from indextts_ray.data.bucketing import BucketingSettings, RankSchedule, plan_epoch
+    from indextts_ray.model.training import TrainingModel
+    from indextts_ray.train.collate import collate
+    from indextts_ray.train.loop import freeze_modules, make_optimizer
+    from indextts_ray.train.shards import EmotionLookup, RowReader, ShardIndex, list_shards
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    cfg = Config.model_validate(json.loads(cfg_json))
+    tc = cfg.train
+    torch.manual_seed(cfg.run.seed)
+    model = TrainingModel(cfg.model, n_speakers=0)
+    freeze_modules(model, tc)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world_size > 1 else model
+    optimizer = make_optimizer(model, tc)
+    data = Path(tc.data_dir)
+    index = ShardIndex(list_shards(data / "train"))
+    reader = RowReader(index)
+    emotion_of = EmotionLookup([*list_shards(data / "train"), *list_shards(data / "val")])
+    bucketing = BucketingSettings(tc.batch.max_tokens, tc.batch.max_batch_size, tc.batch.shuffle_window)
+    step_s, data_s, epoch, done = [], [], 0, 0
+    while done < steps:
+        plan = plan_epoch(index.lengths, bucketing, cfg.run.seed, epoch)
+        schedule = RankSchedule(len(plan), world_size, rank, tc.batch.grad_accum)
+        for i in range(min(schedule.steps_left, steps - done)):
+            t0 = time.perf_counter()
+            batches = [collate(reader.read(plan[j]), None, emotion_of) for j in schedule.micro_batches(i)]
+            t_data = time.perf_counter() - t0
+            for k, batch in enumerate(batches):
+                sync = ddp.no_sync() if world_size > 1 and k < len(batches) - 1 else _null()
+                with sync:
+                    (ddp(batch, tc.loss)["loss"] / len(batches)).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_s.append(time.perf_counter() - t0)
+            data_s.append(t_data)
+            done += 1
+        epoch += 1
+    if rank == 0:
+        Path(out).write_text(json.dumps({"step_s": step_s, "data_s": data_s}))
+    dist.destroy_process_group()
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def run_plain(cfg, steps: int, workers: int) -> dict:
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = Path(tempfile.mkdtemp()) / "plain.json"
+    t0 = time.perf_counter()
+    mp.spawn(plain_worker, args=(workers, cfg.model_dump_json(), steps, port, str(out)), nprocs=workers)
+    wall = time.perf_counter() - t0
+    return {**json.loads(out.read_text()), "wall_s": wall}
+
+
+# ----------------------------------------------------------------------------- Ray Train
+
+
+def run_ray(cfg) -> dict:
+    import ray
+
+    from indextts_ray.train.tracking import read_metrics
+    from indextts_ray.train.trainer import run_training
+
+    t0 = time.perf_counter()
+    if not ray.is_initialized():  # prepare (first run) has started one already
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    run_training(cfg)
+    wall = time.perf_counter() - t0
+    ray.shutdown()
+    metrics = read_metrics(Path(cfg.run.output_dir) / cfg.run.name)
+    steps = sorted(s for s in metrics if "step_ms" in metrics[s])
+    return {"step_s": [metrics[s]["step_ms"] / 1000 for s in steps],
+            "data_s": [metrics[s]["step_ms"] / 1000 * metrics[s]["data_wait"] for s in steps], "wall_s": wall}
+
+
+def summary(name: str, r: dict, warmup: int) -> tuple[float, float]:
+    step = statistics.median(r["step_s"][warmup:])
+    wait = sum(r["data_s"][warmup:]) / sum(r["step_s"][warmup:])
+    print(f"{name:<12} median step {1000 * step:7.1f} ms  ({1 / step:5.2f} steps/s)  data wait {wait:6.1%}  "
+          f"wall incl. start-up {r['wall_s']:6.1f} s")
+    return step, wait
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "indextts-overhead")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    args = p.parse_args()
+    os.environ.setdefault("WANDB_MODE", "offline")
+    from _data import prepared_data
+
+    data = prepared_data(args.work.absolute())
+    cfg = stage_config(data, (args.work / "runs").absolute(), args.workers, args.steps + args.warmup)
+    import shutil
+
+    shutil.rmtree(args.work / "runs", ignore_errors=True)  # the Ray run must start fresh, not resume
+    print(f"load average before: {os.getloadavg()[0]:.2f}; {args.workers} workers, {args.steps} timed steps")
+    plain, _ = summary("plain DDP", run_plain(cfg, args.steps + args.warmup, args.workers), args.warmup)
+    ray_step, ray_wait = summary("Ray Train", run_ray(cfg), args.warmup)
+    ratio = plain / ray_step
+    print(f"Ray steps/s ÷ plain steps/s = {ratio:.3f} (overhead {1 - ratio:+.1%}; target overhead <= 10 %: "
+          f"{'PASS' if ratio >= 0.9 else 'MISS'}); Ray data wait {ray_wait:.1%}; load average after: "
+          f"{os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
