@@ -115,6 +115,9 @@ def prepare_dataset(cfg: Config, restart: bool | Literal["if_changed"] = False) 
     print(f"prepare: {stats['invariant']} ✓  ({stats['hours']['total']:.2f} h written to {out})")
     for reason, n in stats["rejected_by_reason"].items():
         print(f"  rejected {reason}: {n}")
+    norm, left = stats["text_normalised"], list(stats["leftover_chars"])[:10]
+    print(f"  text normalised to spoken form: {norm['rows']} of {norm['of']} rows"
+          + (f"; reaching the tokenizer raw: {' '.join(left)}" if left else ""))
     return PrepareResult(out, stats, shards_written=len(pending), shards_skipped=len(plans) - len(pending))
 
 

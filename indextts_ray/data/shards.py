@@ -156,6 +156,7 @@ def build_rows(rows: pa.Table, ex: Extractor, ctx: ShardContext) -> tuple[pa.Tab
         out["emo_frames"].append(0 if emo is None else emo.shape[0])
         counts["resampled"] += tgt.resampled
         counts["downmixed"] += tgt.downmixed
+        counts["text_normalised"] += r["text"] != r["text_norm"]
         per["speaker"][r["speaker"]] += 1
         per["emotion"][r["emotion"] or "none"] += 1
         per["language"][r["language"]] += 1

@@ -68,6 +68,8 @@ def build_stats(scan: MetadataScan, pairing: PairingSummary, receipts: list[dict
                        "fraction": used / len(code_hist) if code_hist is not None and len(code_hist) else 0.0},
         "blank_lines": scan.blank_lines,
         "ignored_fields": scan.ignored_fields,
+        # written rows whose spoken form differs from the manifest text (numbers, units, NFC, spacing, ...)
+        "text_normalised": {"rows": counts["text_normalised"], "of": total_written},
         "leftover_chars": dict(scan.leftover_chars.most_common(_LIST_LIMIT)),
         "shards": {split: sum(1 for r in receipts if r["split"] == split and r["file"]) for split in written},
     }

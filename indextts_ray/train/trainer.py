@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 import ray
-import ray.data
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from indextts_ray.config import Config, config_hash, write_resolved_config
 from indextts_ray.data.mixing import check_compatible
+from indextts_ray.data.shards import read_shards
 from indextts_ray.errors import UserError
 from indextts_ray.train.loop import read_finished, train_loop_per_worker
 from indextts_ray.train.shards import list_shards
@@ -93,7 +93,7 @@ def build_trainer(cfg: Config) -> TorchTrainer:
                                                         os.environ.get("PYTHONPATH")])),
         }},
     )
-    val = ray.data.read_parquet([str(p) for d in tc.data_dirs for p in list_shards(Path(d) / "val")])
+    val = read_shards([p for d in tc.data_dirs for p in list_shards(Path(d) / "val")])
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg.model_dump(mode="json"),

@@ -89,6 +89,10 @@ def test_rows_in_equal_written_plus_rejected(prepared, corpus):
     assert stats["prompt_fallbacks"] >= 1  # p_fragile tried its silent partner
     assert sum(stats["duration_hist"]["counts"]) == stats["rows_out"]
     assert stats["code_usage"]["fraction"] > 0.5  # the builtin codebook is used, not collapsed
+    shard_rows = _shards(prepared)
+    changed = sum(r["text"] != r["text_norm"] for r in shard_rows)
+    assert 0 < changed < len(shard_rows)  # x_stereo's "3 apples" is spoken out, plain English is not
+    assert stats["text_normalised"] == {"rows": changed, "of": stats["rows_out"]}
 
 
 def test_shard_rows_follow_the_schema_and_the_rules(prepared, corpus):

@@ -59,7 +59,7 @@ def make_messy_corpus(root: Path) -> tuple[Path, dict[str, str], int]:
 
     # accepted rows, fixed and counted: another sample rate, stereo, no language; own prompt/emotion audio
     rows.append(row("x_resampled", good("x_resampled", sr=22_050, seed=1)))
-    rows.append(row("x_stereo", good("x_stereo", channels=2, seed=2)))
+    rows.append(row("x_stereo", good("x_stereo", channels=2, seed=2)) | {"text": "I have 3 apples"})  # normalised
     rows.append({k: v for k, v in row("x_nolang", good("x_nolang", seed=3)).items() if k != "language"})
     rows.append(row("x_prompted", good("x_prompted", seed=4), prompt_audio_path=good("p_ref", 3.0, seed=5),
                     emotion_audio_path=good("e_ref", 2.5, seed=6), emotion="happy"))
