@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from indextts_ray.config import load_config
@@ -61,6 +62,7 @@ def test_mixture_ema_early_stopping(ray_local, tmp_path):
     assert latest_checkpoint(run_dir) == before
 
 
+@pytest.mark.slow  # ~1 min; skip/reload decisions are unit-tested in test_guard.py by default
 def test_guard_skips_and_reloads_in_the_loop(tiny_dataset, ray_local, tmp_path):
     # thresholds so tight that ordinary steps count as spikes: exercises skip + reload on 2 ranks
     cfg = stage_cfg(1, tiny_dataset, tmp_path, "guard", "train.epochs=6", "train.guard.warmup_steps=1",

@@ -167,6 +167,7 @@ def consumed_ids(run_dir: Path) -> dict[int, list[str]]:
     return out
 
 
+@pytest.mark.slow  # ~2 min; the mechanics (sharded save/reload, DDP parity) are in test_sharding.py by default
 def test_fsdp_rerun_after_a_crash_matches_uninterrupted_run(tiny_dataset, ray_local, tmp_path):
     # 13 batches at 200 tokens -> 3 steps of 2 ranks x 2 micro-batches per epoch, 3 epochs; EMA evaluated + best/
     extra = ("train.scaling.strategy=fsdp", "train.batch.max_tokens=200", "train.batch.grad_accum=2", "train.epochs=3",
