@@ -1,4 +1,5 @@
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,19 @@ def repo() -> Path:
     return REPO
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole test session (2 CPUs; workers take fractions)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # with the dashboard (127.0.0.1, a free port): Ray Train's cleanup of stopped runs uses its State API
+        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=_free_port(),
+                 log_to_driver=False)
     yield

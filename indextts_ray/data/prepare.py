@@ -247,7 +247,8 @@ def _run_shards(pending: list[tuple], ctx: ShardContext) -> list[dict]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=True)
+        # with the dashboard: later steps on this Ray (Train's cleanup of stopped runs) need its State API
+        ray.init(log_to_driver=True)
     items = [{"split": p.split, "index": p.index, "key": key, "rows": p.ipc_bytes()} for p, key in pending]
     data = ctx.data
     ds = ray.data.from_items(items, override_num_blocks=len(items))

@@ -64,28 +64,33 @@ class ShardWorker:
         return {"receipt": json.dumps(receipt)}
 
 
-def read_shards(files: list[Path], blocks: int | None = None):
-    """A Ray Data dataset over prepared shard files (Ray must be initialised); iterate it with
-    `prefetch_batches` > 1.
+def read_shards(files: list[Path], blocks: int | None = None, num_cpus: float | None = None):
+    """A Ray Data dataset over prepared shard files (Ray must be initialised): one pyarrow read per file in
+    `map_batches` tasks. Iterate it with `prefetch_batches` > 1.
 
-    Ray 2.60's default Parquet reader (V2) first reads every footer on a pool of 32 actors: on a 2-CPU
-    machine that starts tens of Python processes and took ~45 s before the first batch of 1,677 small shards
-    (`benchmarks/data_scale.py`). The V1 reader with `blocks` read tasks (default 4 per CPU) does not.
+    Not `ray.data.read_parquet`: planning it starts remote work that asks for whole CPUs (V1 samples files in
+    1-CPU tasks, V2 reads every footer on a pool of 32 actors, ~45 s before the first batch of 1,677 shards
+    on 2 CPUs). Inside training, where the workers hold fractions of every CPU, a two-trial PBT search on 2
+    CPUs waited forever for the sampling task. Here nothing runs before iteration, and every task asks for
+    `num_cpus`.
 
     Args:
-        files: shard paths (duplicates are dropped: Ray Data loses rows when a path is given twice).
-        blocks: read tasks; default 4 per CPU of the cluster.
+        files: shard paths (duplicates are dropped, so every row is read once).
+        blocks: read tasks; default 4 per CPU of the cluster (at most one per file).
+        num_cpus: CPU per read task (Ray's default 1); training asks for a fraction.
     """
     import ray
 
     paths = [str(f) for f in dict.fromkeys(files)]
     n = blocks or 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-    ctx = ray.data.DataContext.get_current()
-    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False  # chosen when the read is planned, i.e. now
-    try:
-        return ray.data.read_parquet(paths, override_num_blocks=max(1, min(n, len(paths))))
-    finally:
-        ctx.use_datasource_v2 = v2
+    names = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, min(n, len(paths))))
+    extra = {} if num_cpus is None else {"num_cpus": num_cpus}
+    # batch_size=1: one shard per call, so an output block is one shard (bounded), never a task's whole list
+    return names.map_batches(_read_shard_files, batch_size=1, batch_format="pyarrow", zero_copy_batch=True, **extra)
+
+
+def _read_shard_files(batch: pa.Table) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in batch.column("path").to_pylist()])
 
 
 def check_extractor(ex: Extractor, ctx: ShardContext) -> None:

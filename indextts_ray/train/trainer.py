@@ -93,7 +93,7 @@ def build_trainer(cfg: Config) -> TorchTrainer:
                                                         os.environ.get("PYTHONPATH")])),
         }},
     )
-    val = read_shards([p for d in tc.data_dirs for p in list_shards(Path(d) / "val")])
+    val = read_shards([p for d in tc.data_dirs for p in list_shards(Path(d) / "val")], num_cpus=sc.val_read_cpus)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg.model_dump(mode="json"),

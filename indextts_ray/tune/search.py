@@ -235,6 +235,10 @@ def _report(result: dict, tc: TuneConfig, name: str, segments: list[dict], runs_
             thread: threading.Thread) -> None:
     """tune.report; under PBT/PB2 at a perturbation step with the exported weights as the checkpoint."""
     step = result["step"]
+    if tc.scheduler in ("pbt", "pb2") and step % tc.perturbation_interval and not result["finished"]:
+        # PBT/PB2 act on perturbation steps only. A paused trial restarts from its last perturbation step, so a
+        # report in between would come again after every restart.
+        return
     if tc.scheduler not in ("pbt", "pb2") or step % tc.perturbation_interval or step >= tc.max_steps:
         tune.report(result)
         return
@@ -266,8 +270,8 @@ def _guard(cfg: Config, exp_dir: Path) -> None:
 
 def _tuner(cfg: Config, exp_dir: Path) -> tuple[tune.Tuner, bool]:
     tc = cfg.tune
-    # only the trial's own process: its TorchTrainer reserves the workers, and Ray Data's read tasks (1 CPU each,
-    # outside both groups) need a whole free CPU besides
+    # only the trial's own process: its TorchTrainer reserves the workers, and the validation read tasks
+    # (train.scaling.val_read_cpus each) run outside both groups
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=cfg.model_dump(mode="json")),
                                     {"cpu": tc.trial_cpus})
     if tune.Tuner.can_restore(exp_dir):
@@ -290,6 +294,22 @@ def _tuner(cfg: Config, exp_dir: Path) -> tuple[tune.Tuner, bool]:
     return tuner, False
 
 
+def check_state_api(tc: TuneConfig) -> None:
+    """ASHA, PBT and PB2 stop trials while their TorchTrainer runs. Ray Train then frees the run's workers
+    only when its placement-group cleaner sees the controller gone, through Ray's State API, which the
+    dashboard serves; without it the stopped runs keep their CPUs/GPUs and the search waits forever."""
+    if tc.scheduler == "none":
+        return
+    from ray.util.state import list_actors
+
+    try:
+        list_actors(limit=1, timeout=10, raise_on_missing_output=False)
+    except Exception as e:  # ServerUnavailable, connection errors: whatever stops the cleaner too
+        raise UserError(f"tune.scheduler={tc.scheduler} needs Ray's State API (the dashboard), which this Ray "
+                        f"does not serve ({type(e).__name__}): start Ray with its dashboard (the default of "
+                        "`ray start` / `ray.init()` with ray[default]), or use tune.scheduler=none") from None
+
+
 def run_tune(cfg: Config) -> TuneOutcome:
     """Run (or resume) the Stage-2 search; write the table, plot, best config and the best trial's export."""
     cfg = absolutize(cfg)
@@ -299,6 +319,7 @@ def run_tune(cfg: Config) -> TuneOutcome:
     _guard(cfg, exp_dir)
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    check_state_api(cfg.tune)
     tuner, restored = _tuner(cfg, exp_dir)
     grid = tuner.fit()
     return summarize(cfg, exp_dir, grid, restored)

@@ -237,14 +237,28 @@ def test_restart_deletes_only_this_steps_outputs(tmp_path):
     assert json.loads((out / "plan.json").read_text())["fingerprint"] == "new"
 
 
-def test_read_shards_gives_every_row_once(prepared):
+def test_read_shards_gives_every_row_once_with_under_one_cpu_free(prepared):
+    """Inside training the workers hold fractions of every CPU: the read must not wait for a whole free one."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import ray
 
     from indextts_ray.data.shards import read_shards
 
+    @ray.remote(num_cpus=1.5)  # of the session's 2
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    ray.get(holder.ready.remote())
     files = sorted(prepared.glob("*/shard-*.parquet"))
-    before = ray.data.DataContext.get_current().use_datasource_v2
-    ds = read_shards(files + files[:1])  # a path given twice is read once
-    assert ray.data.DataContext.get_current().use_datasource_v2 == before  # changed only while planning the read
-    ids = [i for b in ds.iter_batches(batch_format="pyarrow") for i in b.column("id").to_pylist()]
+    pool = ThreadPoolExecutor(1)  # no `with`: its exit would wait for a hung read forever
+    try:
+        ds = read_shards(files + files[:1], num_cpus=0.1)  # a path given twice is read once
+        batches = pool.submit(lambda: list(ds.iter_batches(batch_format="pyarrow"))).result(timeout=120)
+    finally:
+        pool.shutdown(wait=False)
+        ray.kill(holder)
+    ids = [i for b in batches for i in b.column("id").to_pylist()]
     assert sorted(ids) == sorted(r["id"] for r in _shards(prepared))

@@ -11,7 +11,15 @@ from indextts_ray.config import load_config
 from indextts_ray.errors import ConfigError, UserError
 from indextts_ray.train.export import export_run
 from indextts_ray.tune.config import TuneConfig
-from indextts_ray.tune.search import _lineage, check_space, param_space, run_tune, trial_config, trial_name
+from indextts_ray.tune.search import (
+    _lineage,
+    check_space,
+    check_state_api,
+    param_space,
+    run_tune,
+    trial_config,
+    trial_name,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs/tune/demo.yaml"
@@ -73,6 +81,18 @@ def test_trial_config_and_pbt_lineage(tmp_path):
 
 def _lines(path: Path) -> int:
     return len(path.read_text().splitlines())
+
+
+def test_schedulers_that_stop_trials_need_the_state_api(ray_local, monkeypatch):
+    check_state_api(TuneConfig(scheduler="pbt", space={"train.lr": {"kind": "loguniform", "low": 1e-4, "high": 1e-3}}))
+
+    def unavailable(**_):
+        raise ConnectionError("no dashboard")
+
+    monkeypatch.setattr("ray.util.state.list_actors", unavailable)
+    with pytest.raises(UserError, match="tune.scheduler=asha needs Ray's State API"):
+        check_state_api(TuneConfig(scheduler="asha"))
+    check_state_api(TuneConfig(scheduler="none"))  # stops nothing: fine without it
 
 
 def test_tiny_search_completes_then_resumes(tiny_dataset, ray_local, tmp_path):
