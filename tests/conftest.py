@@ -16,10 +16,15 @@ def repo() -> Path:
     return REPO
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports nothing listens on right now (all held open until every one is picked)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +34,6 @@ def ray_local():
 
     if not ray.is_initialized():
         # with the dashboard (127.0.0.1, a free port): Ray Train's cleanup of stopped runs uses its State API
-        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=_free_port(),
+        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=free_ports(1)[0],
                  log_to_driver=False)
     yield

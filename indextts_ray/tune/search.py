@@ -235,11 +235,13 @@ def _report(result: dict, tc: TuneConfig, name: str, segments: list[dict], runs_
             thread: threading.Thread) -> None:
     """tune.report; under PBT/PB2 at a perturbation step with the exported weights as the checkpoint."""
     step = result["step"]
-    if tc.scheduler in ("pbt", "pb2") and step % tc.perturbation_interval and not result["finished"]:
+    population = tc.scheduler in ("pbt", "pb2")
+    perturbation_step = step % tc.perturbation_interval == 0
+    if population and not perturbation_step and not result["finished"]:
         # PBT/PB2 act on perturbation steps only. A paused trial restarts from its last perturbation step, so a
         # report in between would come again after every restart.
         return
-    if tc.scheduler not in ("pbt", "pb2") or step % tc.perturbation_interval or step >= tc.max_steps:
+    if not population or not perturbation_step or step >= tc.max_steps:
         tune.report(result)
         return
     seg = segments[-1]

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from indextts_ray.cli import main
 from indextts_ray.config import load_config
 from indextts_ray.errors import UserError
 from indextts_ray.pipeline.runner import StepFailed, pipeline_status, run_pipeline, submit_pipeline
+from tests.conftest import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK = ["train.max_steps=2", "train.logging.wandb=false", "train.eval_every_steps=2"]
@@ -90,17 +90,6 @@ def test_stage2_can_be_the_best_trial_of_a_tune_search(work):
     source = json.loads((work / "runs" / "stage2" / "final" / "tune_source.json").read_text())
     assert source["trial"] == best and (work / "runs" / "stage2-tune" / "band.png").exists()
     assert {n: s for n, s, _ in pipeline_status(cfg)}["stage3"] == "stale"  # Stage 3 starts from the new result
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports nothing listens on right now (all held open until every one is picked)."""
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def test_submit_runs_steps_as_ray_jobs(tmp_path, monkeypatch):
