@@ -1,7 +1,9 @@
 """`indextts-ray` command line: an explicit table of subcommands, each a thin wrapper over one library call.
 
 Exit codes: 0 ok, 2 usage or config/data error (one line, no traceback), 1 runtime failure.
-`--debug` shows tracebacks. Subcommand modules are imported only when used, so `--help` is fast.
+`--debug` adds the traceback (same exit code). The global flags (`--debug`, `-v`, `-q`) go anywhere on the line,
+and `key=value` overrides may come before or after options. Subcommand modules are imported only when used, so
+`--help` is fast.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from indextts_ray import __version__
 from indextts_ray.errors import UserError
@@ -34,9 +37,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 log = logging.getLogger("indextts_ray")
 
+# global flags, accepted before or after the subcommand (taken out of argv before the subcommand parses it)
+GLOBAL_FLAGS = {"--debug": "debug", "-v": "verbose", "--verbose": "verbose", "-q": "quiet", "--quiet": "quiet"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: `error: indextts-ray train: ... (see ... --help)`, exit 2."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+        sys.exit(2)
+
+
+def split_global_flags(argv: list[str]) -> tuple[dict[str, bool], list[str]]:
+    """({debug, verbose, quiet}, the rest of argv); everything after a `--` is left as it is."""
+    flags = dict.fromkeys(("debug", "verbose", "quiet"), False)
+    rest: list[str] = []
+    for i, a in enumerate(argv):
+        if a == "--":
+            rest += argv[i:]
+            break
+        if a in GLOBAL_FLAGS:
+            flags[GLOBAL_FLAGS[a]] = True
+        else:
+            rest.append(a)
+    return flags, rest
+
 
 def _top_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="indextts-ray",
         description="Train IndexTTS2 (UnifiedVoice v2) on Ray: data preparation, three training stages, export, eval.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -55,7 +84,7 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def build_subparser(name: str) -> tuple[argparse.ArgumentParser, object]:
     module = importlib.import_module(COMMANDS[name][0])
-    sub = argparse.ArgumentParser(
+    sub = Parser(
         prog=f"indextts-ray {name}",
         description=module.HELP,
         epilog="examples:\n" + "\n".join(f"  {e}" for e in module.EXAMPLES),
@@ -67,28 +96,35 @@ def build_subparser(name: str) -> tuple[argparse.ArgumentParser, object]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    flags, argv = split_global_flags(argv)
     top = _top_parser()
     ns = top.parse_args(argv)
+    if flags["verbose"] and flags["quiet"]:
+        top.error("-v/--verbose and -q/--quiet exclude each other")
     if ns.command is None:
         top.print_help()
         return 2
-    setup_logging(verbose=ns.verbose, quiet=ns.quiet)
+    setup_logging(verbose=flags["verbose"], quiet=flags["quiet"])
     sub, module = build_subparser(ns.command)
-    args = sub.parse_args(ns.args)
+    # overrides anywhere (`--until stage1 k=v`); parsers with their own subcommands cannot intermix
+    nested = any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)
+    args = sub.parse_args(ns.args) if nested else sub.parse_intermixed_args(ns.args)
     try:
         return int(module.run(args) or 0)
     except UserError as e:
-        if ns.debug:
-            raise
+        if flags["debug"]:
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # runtime failure: one line unless --debug
-        if ns.debug:
-            raise
-        print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        if flags["debug"]:
+            traceback.print_exc()
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        else:
+            print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
 
 

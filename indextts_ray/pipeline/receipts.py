@@ -2,7 +2,9 @@
 
 A step is skipped when its receipt's key equals the key it would run with now and its outputs still exist.
 The key chains the keys of the step's dependencies, so changing one stage reruns it and its dependents only.
-User-provided input files enter the key by (path, size, mtime) so editing a manifest reruns `prepare`.
+User-provided input files enter the key by (path, size, mtime) so editing a manifest reruns `prepare`; a stage's
+key holds the content hashes of its init checkpoint and data (`content_hash`), recorded in its receipt.
+A step in progress has a `<step>.running.json` marker (host, pid, job id), which `pipeline status` shows.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
-from indextts_ray.io_utils import atomic_write_json
+from indextts_ray.io_utils import atomic_write_json, sha256_file
 
 
 def fingerprint_file(path: str | os.PathLike | None) -> list | None:
@@ -26,6 +29,30 @@ def fingerprint_file(path: str | os.PathLike | None) -> list | None:
         return [str(p), sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir() if f.is_file())]
     st = p.stat()
     return [str(p), st.st_size, st.st_mtime_ns]
+
+
+def content_hash(path: str | os.PathLike | None, cache: dict | None = None) -> str | None:
+    """sha256 over a file's bytes, or over a directory's files (relative name + bytes); None for None.
+
+    `cache` maps (path, size, mtime_ns) to a hash so an unchanged multi-GB checkpoint is read once.
+    """
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        return "missing"
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        k = f"{f.absolute()}|{st.st_size}|{st.st_mtime_ns}"
+        digest = cache.get(k) if cache is not None else None
+        if digest is None:
+            digest = sha256_file(f)
+            if cache is not None:
+                cache[k] = digest
+        h.update(f"{f.relative_to(p).as_posix() if p.is_dir() else ''}:{digest};".encode())
+    return h.hexdigest()
 
 
 def step_key(name: str, parts: object, dep_keys: list[str]) -> str:
@@ -52,6 +79,37 @@ class Receipts:
         r = self.read(step)
         return r is not None and r["key"] == key and all(Path(o).exists() for o in r["outputs"])
 
+    def hash_cache(self) -> dict:
+        p = self.dir / "content_hashes.json"
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def save_hash_cache(self, cache: dict) -> None:
+        atomic_write_json(self.dir / "content_hashes.json", cache)
+
+    def mark_running(self, step: str, key: str, **extra) -> None:
+        """The step started here (pid/host) or as a Ray Job (`job_id`); removed when it ends."""
+        atomic_write_json(self.dir / f"{step}.running.json", {"step": step, "key": key, "host": socket.gethostname(),
+                                                              "pid": os.getpid(), "started": time.time(), **extra})
+
+    def clear_running(self, step: str) -> None:
+        (self.dir / f"{step}.running.json").unlink(missing_ok=True)
+
+    def running(self, step: str, key: str) -> dict | None:
+        """The running marker for this key, unless it names a process on this host that is gone."""
+        p = self.dir / f"{step}.running.json"
+        try:
+            r = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return None
+        if r["key"] != key:
+            return None
+        if r["host"] == socket.gethostname() and not _alive(r["pid"]):
+            return None
+        return r
+
     def write(self, step: str, key: str, outputs: list[Path], metrics: dict, started: float, **extra) -> dict:
         receipt = {
             "step": step, "key": key, "outputs": [str(o) for o in outputs], "metrics": metrics,
@@ -64,3 +122,13 @@ class Receipts:
     def write_failure(self, step: str, key: str, error: str, **extra) -> None:
         atomic_write_json(self.dir / f"{step}.failed.json", {"step": step, "key": key, "error": error,
                                                              "time": time.time(), **extra})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True

@@ -6,14 +6,17 @@ function runs in-process (`pipeline run`) and inside a Ray Job (`jobs/<step>.py`
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from indextts_ray.config import Config, config_to_dict, load_config
 from indextts_ray.errors import ConfigError
-from indextts_ray.pipeline.receipts import fingerprint_file
+from indextts_ray.io_utils import atomic_write_json
+from indextts_ray.pipeline.receipts import content_hash, fingerprint_file
 
 log = logging.getLogger("indextts_ray.pipeline")
 
@@ -108,6 +111,30 @@ def _resolve(path: str) -> Path:
 # ----------------------------------------------------------------------------- step functions (-> metrics)
 
 
+@dataclass(frozen=True)
+class StepContext:
+    """What a step runs with: its key, the content hashes of its inputs, and whether to start over (--force)."""
+
+    key: str
+    inputs: dict = field(default_factory=dict)
+    fresh: bool = False
+
+
+RUN_KEY = "pipeline_key.json"  # in a stage's run dir: the step key its checkpoints were trained under
+
+
+def claim_run_dir(run_dir: Path, ctx: StepContext) -> None:
+    """A run dir belongs to one step key: another key's (or an unmarked) run is deleted, so a changed init
+    checkpoint, data or config trains from step 0 and never resumes, or returns early from, an old run."""
+    marker = run_dir / RUN_KEY
+    owner = json.loads(marker.read_text())["key"] if marker.is_file() else None
+    if run_dir.exists() and (ctx.fresh or owner != ctx.key):
+        why = "forced" if ctx.fresh else "trained with other inputs or config" if owner else "not made by this step"
+        log.info("%s: %s; starting a fresh run", run_dir, why)
+        shutil.rmtree(run_dir)
+    atomic_write_json(marker, {"key": ctx.key, "inputs": ctx.inputs})
+
+
 def run_synth(cfg: Config) -> dict:
     from indextts_ray.data.synth import make_corpus
 
@@ -163,13 +190,14 @@ def run_speakers(cfg: Config) -> dict:
     return {"selected_speakers": len(sm.mapping), **{k: v for k, v in sm.summary.items() if isinstance(v, int | float)}}
 
 
-def run_stage(cfg: Config, stage: int) -> dict:
+def run_stage(cfg: Config, stage: int, ctx: StepContext) -> dict:
     from indextts_ray.train.export import export_run
     from indextts_ray.train.tracking import read_metrics
     from indextts_ray.train.trainer import run_training
 
     scfg = stage_config(cfg, stage)
     run_dir = Path(scfg.run.output_dir) / scfg.run.name
+    claim_run_dir(run_dir, ctx)
     if getattr(cfg.pipeline, f"stage{stage}").tune:
         return run_tuned_stage(scfg, layout(cfg).final(stage))
     run_training(scfg)
@@ -216,6 +244,29 @@ def run_eval(cfg: Config) -> dict:
     return {"report": str(lay.report / "report.md"), **summary["flat"]}
 
 
+def stage_inputs(cfg: Config, stage: int, cache: dict | None = None) -> dict:
+    """Content hashes of what a stage trains from: init checkpoint, prepared data (dataset.json lists every
+    shard's sha256), speaker mapping. They enter the step key and the receipt."""
+    scfg = stage_config(cfg, stage)
+    tc = scfg.train
+    return {"init_checkpoint": content_hash(tc.init_checkpoint, cache),
+            "data": {d: content_hash(Path(d) / "dataset.json", cache) for d in tc.data_dirs},
+            "speaker_mapping": content_hash(tc.speaker_mapping, cache)}
+
+
+def stage_progress(cfg: Config, stage: int) -> str:
+    """`step 12/40` from the stage's metrics.jsonl (what `pipeline status` shows for a running stage)."""
+    from indextts_ray.train.tracking import read_metrics
+
+    scfg = stage_config(cfg, stage)
+    name = scfg.run.name
+    if getattr(cfg.pipeline, f"stage{stage}").tune:
+        trials = sorted((Path(scfg.run.output_dir) / name / "runs").glob("*.lineage.json"))
+        return f"{len(trials)} trials started"
+    metrics = read_metrics(Path(scfg.run.output_dir) / name)
+    return f"step {max(metrics) if metrics else 0}/{scfg.train.max_steps or '?'}"
+
+
 def _manifest_fingerprint(cfg: Config) -> str | None:
     """A user manifest's fingerprint; the synthetic one is covered by the synth step's key."""
     return None if cfg.pipeline.synth.enabled else fingerprint_file(cfg.data.manifest)
@@ -225,16 +276,23 @@ def _manifest_fingerprint(cfg: Config) -> str | None:
 class Step:
     name: str
     deps: tuple[str, ...]
-    run: Callable[[Config], dict]
-    key_parts: Callable[[Config], object]  # what the step's result depends on (besides its deps)
+    run: Callable[[Config, StepContext], dict]
+    key_parts: Callable[[Config], object]  # what the step's result depends on (besides its deps and inputs)
     outputs: Callable[[Layout], list[Path]]
+    # content hashes of input files (computed when the step is due: after its dependencies ran)
+    inputs: Callable[[Config, dict], dict] = lambda c, cache: {}
+    progress: Callable[[Config], str] = lambda c: ""
+
+
+def _plain(fn: Callable[[Config], dict]) -> Callable[[Config, StepContext], dict]:
+    return lambda c, ctx: fn(c)
 
 
 def _stage_step(n: int, deps: tuple[str, ...]) -> Step:
-    return Step(f"stage{n}", deps, lambda c: run_stage(c, n),
-                lambda c: [config_to_dict(stage_config(c, n)), fingerprint_file(stage_config(c, n).train.init_checkpoint)
-                           if n == 1 else None, getattr(c.pipeline, f"stage{n}").tune],
-                lambda lay: [lay.final(n) / "gpt.pth"])
+    return Step(f"stage{n}", deps, lambda c, ctx: run_stage(c, n, ctx),
+                lambda c: [config_to_dict(stage_config(c, n)), getattr(c.pipeline, f"stage{n}").tune],
+                lambda lay: [lay.final(n) / "gpt.pth"],
+                inputs=lambda c, cache: stage_inputs(c, n, cache), progress=lambda c: stage_progress(c, n))
 
 
 def build_graph(cfg: Config) -> list[Step]:
@@ -242,30 +300,30 @@ def build_graph(cfg: Config) -> list[Step]:
     corpus_deps = ("synth",) if cfg.pipeline.synth.enabled else ()
     steps = []
     if cfg.pipeline.synth.enabled:
-        steps.append(Step("synth", (), run_synth, lambda c: config_to_dict(c.pipeline.synth),
+        steps.append(Step("synth", (), _plain(run_synth), lambda c: config_to_dict(c.pipeline.synth),
                           lambda lay: [lay.corpus / "manifest.jsonl"]))
     prepare_deps = corpus_deps
     if cfg.pipeline.tokenizer.enabled:
-        steps.append(Step("tokenizer", corpus_deps, run_tokenizer,
+        steps.append(Step("tokenizer", corpus_deps, _plain(run_tokenizer),
                           lambda c: [config_to_dict(c.pipeline.tokenizer), config_to_dict(c.data.text),
                                      c.data.tokenizer_vocab_size, fingerprint_file(c.pipeline.tokenizer.base),
                                      _manifest_fingerprint(c)],
                           lambda lay: [lay.tokenizer]))
         prepare_deps = (*corpus_deps, "tokenizer")
     steps += [
-        Step("prepare", prepare_deps, run_prepare,
+        Step("prepare", prepare_deps, _plain(run_prepare),
              lambda c: [config_to_dict(data_config(c).data), config_to_dict(c.model),
                         _manifest_fingerprint(c)],
              lambda lay: [lay.prepared / "dataset.json"]),
-        Step("speakers", ("prepare",), run_speakers, lambda c: config_to_dict(c.pipeline.speakers),
+        Step("speakers", ("prepare",), _plain(run_speakers), lambda c: config_to_dict(c.pipeline.speakers),
              lambda lay: [lay.mapping]),
         _stage_step(1, ("prepare",)),
         _stage_step(2, ("stage1", "speakers")),
         _stage_step(3, ("stage2",)),
-        Step("export", ("stage3",), run_export, lambda c: None, lambda lay: [lay.export / "gpt.pth"]),
+        Step("export", ("stage3",), _plain(run_export), lambda c: None, lambda lay: [lay.export / "gpt.pth"]),
     ]
     # eval (owned by indextts_ray/eval): reads the stage exports and prepared val shards, writes <work>/report
     if cfg.pipeline.eval.enabled:
-        steps.append(Step("eval", ("export",), run_eval, lambda c: config_to_dict(c.pipeline.eval),
+        steps.append(Step("eval", ("export",), _plain(run_eval), lambda c: config_to_dict(c.pipeline.eval),
                           lambda lay: [lay.report / "report.md", lay.report / "report.html"]))
     return steps

@@ -116,7 +116,9 @@ def run_training(cfg: Config):
                  "train.epochs to train on)", run_dir, finished["step"])
         return None
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+        from indextts_ray.ray_connect import connect
+
+        connect(log_to_driver=True)  # RAY_ADDRESS, a live `ray start` cluster, or a local Ray; never a stale one
     result = build_trainer(cfg).fit()
     log.info("stage %d finished: %s", cfg.train.stage, result.checkpoint.path if result.checkpoint else "no checkpoint")
     return result

@@ -35,7 +35,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
 from ray import tune
 
 from indextts_ray.config import (
@@ -48,6 +47,7 @@ from indextts_ray.config import (
 )
 from indextts_ray.errors import ConfigError, UserError
 from indextts_ray.io_utils import atomic_write_json, atomic_write_text
+from indextts_ray.ray_connect import connect
 from indextts_ray.train.export import export_run
 from indextts_ray.train.tracking import read_metrics
 from indextts_ray.train.trainer import absolutize, check_inputs, run_training
@@ -319,8 +319,7 @@ def run_tune(cfg: Config) -> TuneOutcome:
     check_space(cfg)
     exp_dir = Path(cfg.run.output_dir) / cfg.run.name
     _guard(cfg, exp_dir)
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    connect(log_to_driver=True)  # RAY_ADDRESS, a live `ray start` cluster, or a local Ray; never a stale one
     check_state_api(cfg.tune)
     tuner, restored = _tuner(cfg, exp_dir)
     grid = tuner.fit()
