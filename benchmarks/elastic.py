@@ -36,29 +36,8 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "15")  # scale-d
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "indextts-elastic")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--checkpoint-every", type=int, default=4, help="steps between checkpoints")
-    p.add_argument("--rejoin-s", type=float, default=30.0, help="seconds until the lost node comes back")
-    p.add_argument("--every-minutes", type=float, default=20.0, help="preemption interval for the fraction")
-    args = p.parse_args()
-
-    import shutil
-
-    import ray
-    from _data import prepared_data
-    from ray.cluster_utils import Cluster
-
-    from indextts_ray.config import load_config
-    from indextts_ray.train.tracking import read_metrics
-    from indextts_ray.train.trainer import run_training
-
-    work = args.work.absolute()
-    data = prepared_data(work)
-    shutil.rmtree(work / "runs", ignore_errors=True)  # a fresh run, not a resume
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+def _run(cluster, ray, args, work: Path, data: Path, load_config, run_training) -> tuple[float, list]:
+    """Stage 1 in a thread while a node leaves and comes back; returns the wall time and the node changes."""
     nodes = [cluster.add_node(num_cpus=1, resources={"trainslot": 1}) for _ in range(2)]
     ray.init(address=cluster.address)
     cfg = load_config(REPO / "configs/demo/stage1.yaml", [
@@ -87,9 +66,34 @@ def main() -> None:
         changes.append(("node back", time.time()))
         print(f"[elastic] added a node at {changes[-1][1] - started:.1f} s", flush=True)
     thread.join()
-    wall = time.time() - started
-    ray.shutdown()
-    cluster.shutdown()
+    return time.time() - started, changes
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "indextts-elastic")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--checkpoint-every", type=int, default=4, help="steps between checkpoints")
+    p.add_argument("--rejoin-s", type=float, default=30.0, help="seconds until the lost node comes back")
+    p.add_argument("--every-minutes", type=float, default=20.0, help="preemption interval for the fraction")
+    args = p.parse_args()
+
+    import shutil
+
+    import ray
+    from _data import prepared_data
+
+    from indextts_ray.config import load_config
+    from indextts_ray.ray_connect import simulated_cluster
+    from indextts_ray.train.tracking import read_metrics
+    from indextts_ray.train.trainer import run_training
+
+    work = args.work.absolute()
+    data = prepared_data(work)
+    shutil.rmtree(work / "runs", ignore_errors=True)  # a fresh run, not a resume
+    # torn down in any case (an interrupted benchmark must not leave a dead address in ray_current_cluster)
+    with simulated_cluster(num_cpus=1) as cluster:
+        wall, changes = _run(cluster, ray, args, work, data, load_config, run_training)
+    run_dir = work / "runs" / "elastic"
 
     metrics = read_metrics(run_dir)
     events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()] \

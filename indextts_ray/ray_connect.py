@@ -13,6 +13,7 @@ plain log lines (no cursor codes in job logs).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -96,3 +97,28 @@ def connect(**init_kwargs) -> str:
     os.environ["RAY_ADDRESS"] = address  # this process's Ray helpers (Tune, State API) use this cluster
     log.info("Ray: %s", address)
     return address
+
+
+@contextlib.contextmanager
+def simulated_cluster(**head_args):
+    """`ray.cluster_utils.Cluster` (a multi-node cluster on this machine, for benchmarks and tests) that is always
+    torn down: this driver, every node, and the head address it wrote into Ray's `ray_current_cluster`, which
+    would otherwise send every later `ray.init()` on this machine to a dead cluster."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    path = address_file()
+    before = open(path).read().strip() if os.path.isfile(path) else None
+    cluster = Cluster(initialize_head=True, head_node_args=head_args)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        now = open(path).read().strip() if os.path.isfile(path) else None
+        if now is not None and now != before:
+            if before is not None and reachable(before):
+                with open(path, "w") as f:  # put back the live cluster it displaced
+                    f.write(before)
+            else:
+                os.remove(path)

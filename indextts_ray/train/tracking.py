@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -75,10 +77,15 @@ def read_metrics(run_dir: Path) -> dict[int, dict]:
     return out
 
 
-def format_line(m: dict) -> str:
-    """`step 1200 | loss 2.314 (text 0.41 mel 1.90) | top1 0.52 | lr 3.0e-04 | ...` (STYLE.md §8)."""
+def format_eta(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def format_line(m: dict, total: int | None = None, eta_s: float | None = None) -> str:
+    """`step 1200/5000 eta 1h02m | loss 2.314 (text 0.41 mel 1.90) | top1 0.52 | lr 3.0e-04 | ...` (STYLE.md §8)."""
     parts = [
-        f"step {m['step']}",
+        f"step {m['step']}" + (f"/{total}" if total else "") + (f" eta {format_eta(eta_s)}" if eta_s is not None else ""),
         f"loss {m['loss']:.3f} (text {m['text_loss']:.2f} mel {m['mel_loss']:.2f})",
         f"top1 {m['mel_top1']:.3f}",
     ]
@@ -96,12 +103,29 @@ def format_line(m: dict) -> str:
     return " | ".join(parts)
 
 
+def wandb_identity(run_dir: Path, run_name: str, config: dict) -> dict:
+    """wandb id/group/job type: the id is unique per (run dir, config) and stable across resumes and restarts,
+    so two experiments synced to one project never merge; the group is the runs folder (one pipeline's stages
+    share `<work_dir>/runs`), the job type the stage."""
+    run_dir = Path(run_dir).absolute()
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(f"{run_dir}\n{blob}".encode()).hexdigest()[:12]
+    runs = run_dir.parent
+    group = f"{runs.parent.name or runs.name}-{hashlib.sha256(str(runs).encode()).hexdigest()[:6]}"
+    stage = (config.get("train") or {}).get("stage")
+    return {"id": f"{run_name}-{digest}", "name": run_name, "group": group,
+            "job_type": f"stage{stage}" if stage is not None else "train"}
+
+
 class Tracker:
     """Created on every rank; only rank 0 writes anything."""
 
     def __init__(self, rank: int, run_dir: Path, run_name: str, config: dict, settings):
         self.active = rank == 0
         self.tb = self.wandb = None
+        # console ETA: steps/s since the first logged step of this process (a resumed run starts its own clock)
+        self.total = (config.get("train") or {}).get("max_steps")
+        self._t0: tuple[float, int] | None = None
         if not self.active:
             return
         # every logged step, appended: plots, eval reports and resume checks read it (a replayed step after a
@@ -117,15 +141,16 @@ class Tracker:
             import wandb
 
             self.wandb = wandb.init(
-                project=settings.wandb_project, name=run_name, id=run_name, resume="allow",
-                dir=str(run_dir), config=config, mode=os.environ["WANDB_MODE"],
+                project=settings.wandb_project, resume="allow", dir=str(run_dir), config=config,
+                mode=os.environ["WANDB_MODE"], **wandb_identity(run_dir, run_name, config),
             )
 
     def log(self, metrics: dict, step: int, line: bool = True) -> None:
         if not self.active:
             return
         if line and "mel_loss" in metrics:
-            log.info(format_line(metrics))
+            total = metrics.get("total_steps") or self.total
+            log.info(format_line(metrics, total, self.eta(step, total)))
         for k, v in metrics.items():
             tag = tb_tag(k)
             if self.tb is not None and tag is not None and v is not None:
@@ -134,6 +159,17 @@ class Tracker:
         self.jsonl.flush()
         if self.wandb is not None:
             self.wandb.log({TB_TAGS.get(k, k): v for k, v in metrics.items() if v is not None}, step=step)
+
+    def eta(self, step: int, total: int | None, now: float | None = None) -> float | None:
+        """Seconds left at the rate since this process's first logged step; None until a rate is known."""
+        now = time.monotonic() if now is None else now
+        if self._t0 is None:
+            self._t0 = (now, step)
+            return None
+        t0, s0 = self._t0
+        if not total or step <= s0:
+            return None
+        return (total - step) * (now - t0) / (step - s0)
 
     def close(self) -> None:
         if self.active:
