@@ -63,7 +63,7 @@ def load_checked(path: str, cfg: DataConfig, declared_duration: float | None = N
             return Rejection("duration_mismatch", f"declared {declared_duration:.2f} s, audio {duration:.2f} s")
     downmixed = data.shape[1] > 1
     wav = data.mean(axis=1) if downmixed else data[:, 0]
-    bad = check_audio(wav, sr, cfg.silence_dbfs, cfg.clip_level, cfg.max_clip_fraction)
+    bad = check_audio(wav, sr, cfg.silence_dbfs, cfg.clip_level, cfg.max_clip_fraction, cfg.clip_run)
     if bad:
         return bad
     return LoadedAudio(

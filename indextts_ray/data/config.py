@@ -92,10 +92,16 @@ class DataConfig(StrictModel):
     duration_tolerance: float | None = Field(0.5, ge=0.0)  # |declared - decoded| seconds; None = no check
     silence_dbfs: float = Field(-60.0, lt=0.0)  # whole-file RMS below this = silent
     clip_level: float = Field(0.999, gt=0.0, le=1.0)
-    max_clip_fraction: float = Field(0.001, ge=0.0, le=1.0)  # samples at or above clip_level
+    # clipping = flat tops: runs of >= clip_run equal samples at or above clip_level (single full-scale peaks
+    # of loud clean speech are not clipping); rejected when more than max_clip_fraction of the samples are in them
+    clip_run: int = Field(3, ge=1)
+    max_clip_fraction: float = Field(0.001, ge=0.0, le=1.0)
 
     # text: normalised to spoken form (`text`), then BPE; None = the model's max_text_tokens
     text: TextConfig = TextConfig()
+    # accepted row languages (rows in others are rejected as unknown_language); None = those the text front end
+    # knows (ko, en, zh). Any code may be listed: languages without rules get the cleanup only.
+    languages: list[str] | None = None
     max_text_tokens: int | None = Field(None, gt=0)
     tokenizer: str | None = None  # SentencePiece bpe.model; None = train one on this manifest into output_dir
     tokenizer_vocab_size: int = Field(12_000, ge=8)

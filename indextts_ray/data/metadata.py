@@ -47,6 +47,7 @@ from indextts_ray.data.validate import (
     check_duration,
     check_fields,
     check_fields_block,
+    check_language,
     check_normalised_text,
     check_raw_text,
 )
@@ -211,7 +212,7 @@ def _scan_range(job: _ScanJob, byte_range: tuple[int, int]) -> _RangeResult:
         lines.pop()
     if start == 0 and lines and lines[0].startswith(b"\xef\xbb\xbf"):
         lines[0] = lines[0][3:]  # UTF-8 byte order mark written by some editors
-    ctx = RowContext(Path(job.manifest).parent, Path(job.root), job.emotion_labels, job.format)
+    ctx = RowContext(Path(job.manifest).parent, Path(job.root), job.emotion_labels, job.format, job.cfg.languages)
     accepted: list[tuple] = []
     rejected: list[_Rejected] = []
     rows_in = 0
@@ -273,22 +274,21 @@ def _check_record(rec: Record, ctx: RowContext, cfg: DataConfig) -> tuple | _Rej
     if bad:
         return reject(bad)
     norm = normalize_with_config(rec.text, rec.language or None, cfg.text)
-    bad = check_normalised_text(norm.text)
+    bad = check_language(norm.language, norm.detected, ctx) or check_normalised_text(norm.text)
     if bad:
         return reject(bad)
-    for key in ("prompt_audio_path", "emotion_audio_path", "codes_path"):
+    # every path is located (symlinks resolved, nothing opened) before the header read below opens one
+    for key in ("audio_path", "prompt_audio_path", "emotion_audio_path", "codes_path"):
         path = getattr(rec, key)
-        if path is not None and not os.path.isfile(path):
-            return reject(Rejection("bad_codes" if key == "codes_path" else "missing_audio",
-                                    f"{key} {path} does not exist"))
+        bad = None if path is None else ctx.locate(path, key)
+        if bad:
+            return reject(bad)
     duration = rec.duration
     if duration is None:
         got = header_duration(rec.audio_path)
         if isinstance(got, Rejection):
             return reject(got)
         duration = got
-    elif not os.path.isfile(rec.audio_path):
-        return reject(Rejection("missing_audio", f"{rec.audio_path} does not exist"))
     bad = check_duration(duration, cfg.min_duration, cfg.max_duration)
     if bad:
         return reject(bad, from_header=rec.duration is None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from indextts_ray.data.manifest import OPTIONAL, PRECOMPUTED_USED, REQUIRED, RawRow, Rejection, resolve_path
+from indextts_ray.text import KNOWN_LANGUAGES, canonical_language
 
 REASONS: dict[str, str] = {
     # line level
@@ -32,7 +34,9 @@ REASONS: dict[str, str] = {
     "duplicate_id": "the id was already used by an earlier row (the first one is kept)",
     "bad_duration": "duration is not a finite, non-negative number",
     "unknown_emotion": "emotion is not one of model.emotion_labels",
-    "path_outside_root": "an audio/codes path escapes the dataset root",
+    "path_outside_root": "an audio/codes path escapes the dataset root (lexically, or through a symlink)",
+    "bad_id": "the id cannot be a file name: a path separator, control character, leading dot or over 255 bytes",
+    "unknown_language": "language is not one the text front end knows, or not in data.languages",
     # text
     "empty_text": "text is empty",
     "control_chars": "text contains control characters",
@@ -48,7 +52,7 @@ REASONS: dict[str, str] = {
     "too_long": "duration above max_duration",
     "duration_mismatch": "declared duration differs from the decoded audio by more than duration_tolerance",
     "silent": "the audio's RMS level is below silence_dbfs",
-    "clipped": "more than max_clip_fraction of the samples are at full scale",
+    "clipped": "more than max_clip_fraction of the samples are in flat runs of >= clip_run samples at full scale",
     "bad_codes": "precomputed codes are missing, unreadable, out of range or of the wrong length",
     "too_many_codes": "more target codes than the model's max_mel_tokens",
     # pairing
@@ -86,11 +90,16 @@ _PATHS = ("audio_path", "prompt_audio_path", "emotion_audio_path", "codes_path")
 
 
 class RowContext:
-    """What field checks need: manifest folder, dataset root, emotion labels, the format, counters."""
+    """What field checks need: manifest folder, dataset root, emotion labels, the format, accepted languages
+    (None: those the text front end knows), counters."""
 
-    def __init__(self, manifest_dir: Path, root: Path, emotion_labels: list[str], fmt: str):
+    def __init__(self, manifest_dir: Path, root: Path, emotion_labels: list[str], fmt: str,
+                 languages: list[str] | None = None):
         self.manifest_dir = str(manifest_dir)
         self.root = str(root)
+        self.languages = frozenset(canonical_language(x) for x in languages) if languages else KNOWN_LANGUAGES
+        self._real_root = os.path.realpath(self.root)
+        self._real_dirs: dict[str, str] = {}  # folder -> its real path (rows share few folders)
         self.emotion_index = {label: i for i, label in enumerate(emotion_labels)}
         self.fmt = fmt
         self.required = REQUIRED + (PRECOMPUTED_USED if fmt == "indextts_precomputed" else ())
@@ -108,6 +117,67 @@ class RowContext:
                 and "//" not in value and "/." not in "/" + value):
             return self._plain_prefix + value
         return resolve_path(value, self.manifest_dir, self.root)
+
+    def locate(self, path: str, key: str = "audio_path") -> Rejection | None:
+        """None if `path` (from `resolve`) is a file whose real location is inside the root; else why not.
+
+        Nothing is opened: a symlink (of the file or of a folder on the way) that leads outside the root is
+        `path_outside_root` before any reader can see its target. Costs one lstat per row plus one realpath
+        per folder and per symlinked file.
+        """
+        try:
+            st = os.lstat(path)
+        except OSError:
+            st = None
+        folder = os.path.dirname(path)
+        real_dir = self._real_dirs.get(folder)
+        if real_dir is None:
+            real_dir = self._real_dirs[folder] = os.path.realpath(folder)
+        real = os.path.realpath(path) if st is not None and stat.S_ISLNK(st.st_mode) else os.path.join(
+            real_dir, os.path.basename(path))
+        if not _inside(real, self._real_root):
+            return Rejection("path_outside_root", f"{key} {path} resolves to {real}, outside the dataset root "
+                                                  f"{self.root} (a symlink); set data.root to a folder holding both")
+        if st is None or not os.path.isfile(real):
+            return Rejection("bad_codes" if key == "codes_path" else "missing_audio", f"{key} {path} does not exist")
+        return None
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+# An id must work as one file name (`<dir>/<id>.npy` in downstream tools): no separator, control character or
+# lone surrogate; no leading dot ("." and ".." and hidden files); at most 255 bytes (the usual NAME_MAX).
+_BAD_ID_CHAR = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_BAD_ID_CHAR_LIST = re.compile(r"[\\\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # MeloTTS ids are root-relative paths
+_ID_MAX_BYTES = 255
+
+
+def check_id(row_id: str, fmt: str = "jsonl") -> Rejection | None:
+    """Why `row_id` cannot be used as a file name, or None. MeloTTS ids are audio paths relative to the root
+    (checked to stay inside it), so `/` is allowed there."""
+    bad = (_BAD_ID_CHAR_LIST if fmt == "melotts" else _BAD_ID_CHAR).search(row_id)
+    if bad:
+        what = "a path separator" if bad.group() in "/\\" else f"control character U+{ord(bad.group()):04X}"
+        return Rejection("bad_id", f"id {row_id[:60]!r} contains {what}; ids are used as file names")
+    if row_id.startswith("."):
+        return Rejection("bad_id", f"id {row_id[:60]!r} starts with a dot ('.', '..' or a hidden file name)")
+    size = len(row_id.encode("utf-8"))
+    if size > _ID_MAX_BYTES:
+        return Rejection("bad_id", f"id {row_id[:40]!r}... is {size} bytes > {_ID_MAX_BYTES} (a file name's limit)")
+    return None
+
+
+def check_language(language: str, detected: bool, ctx: RowContext) -> Rejection | None:
+    """A row's language (canonical; `detected` from the script) must be one of `ctx.languages`."""
+    if language in ctx.languages:
+        return None
+    if detected:
+        return Rejection("unknown_language", f"no language given and the text's script reads as {language!r}, "
+                                             f"not one of {sorted(ctx.languages)}; set the row's language")
+    return Rejection("unknown_language", f"language {language!r} is not one of {sorted(ctx.languages)} "
+                                         "(data.languages lists the accepted ones)")
 
 
 def check_fields(row: RawRow, ctx: RowContext) -> Record | Rejection:
@@ -133,6 +203,11 @@ def check_fields(row: RawRow, ctx: RowContext) -> Record | Rejection:
         value = f.get(key)
         if value is not None and type(value) is not str:
             return Rejection("bad_field", f"{key} must be a string, got {type(value).__name__}")
+
+    row_id = str(f["id"])
+    bad = check_id(row_id, ctx.fmt) if ctx.fmt != "melotts" else None  # MeloTTS: checked once derived below
+    if bad:
+        return bad
 
     duration = f.get("duration")
     if duration is not None:
@@ -161,9 +236,15 @@ def check_fields(row: RawRow, ctx: RowContext) -> Record | Rejection:
         if resolved is None:
             return Rejection("path_outside_root", f"{key} {value!r} is outside the dataset root {ctx.root}")
         paths[key] = resolved
+    if ctx.fmt == "melotts":
+        # the list has no id: the audio path relative to the root (inside it: no "..", no absolute path)
+        row_id = os.path.splitext(os.path.relpath(paths["audio_path"], ctx.root))[0]
+        bad = check_id(row_id, ctx.fmt)
+        if bad:
+            return bad
 
     return Record(
-        source=row.source, line=row.line, id=str(f["id"]), audio_path=paths["audio_path"], text=f["text"],
+        source=row.source, line=row.line, id=row_id, audio_path=paths["audio_path"], text=f["text"],
         speaker=str(f["speaker"]).strip(), language=(f.get("language") or "").strip(), duration=duration,
         emotion=emotion, emotion_id=emotion_id, prompt_audio_path=paths["prompt_audio_path"],
         emotion_audio_path=paths["emotion_audio_path"], codes_path=paths["codes_path"],
@@ -177,6 +258,7 @@ PY_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002
 _PY_WHITESPACE = "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE)
 _EDGE_WHITESPACE = f"^[{_PY_WHITESPACE}]|[{_PY_WHITESPACE}]$"
 _NOT_PLAIN_PATH = r"^/|//|(^|/)\.|/$"
+_ODD_ID = r"[/\\\x{0}-\x{1f}\x{7f}-\x{9f}]|^\."
 _ID_TYPES = (pa.string(), pa.int64(), pa.null())
 _DURATION_TYPES = (pa.float64(), pa.int64(), pa.null())
 
@@ -207,6 +289,9 @@ def check_fields_block(table: pa.Table, lines: list[int], source: str, ctx: RowC
             odd = pc.or_(pc.equal(pc.utf8_length(col), 0), pc.match_substring_regex(col, _EDGE_WHITESPACE))
             if key in _PATHS:
                 odd = pc.or_(odd, pc.match_substring_regex(col, _NOT_PLAIN_PATH))
+            elif key == "id":  # what `check_id` may reject (RE2 has no lone surrogates: Arrow refused those)
+                odd = pc.or_(pc.or_(odd, pc.match_substring_regex(col, _ODD_ID)),
+                             pc.greater(pc.binary_length(col), _ID_MAX_BYTES))
             elif key == "emotion":  # only a label as written (check_fields strips and lower-cases)
                 labels = [label for label in ctx.emotion_index if label == label.strip().lower()]
                 odd = pc.invert(pc.is_in(col, pa.array(labels, pa.string())))
@@ -281,8 +366,13 @@ def check_duration(duration: float, min_s: float, max_s: float) -> Rejection | N
 
 
 def check_audio(wav: np.ndarray, sr: int, silence_dbfs: float, clip_level: float,
-                max_clip_fraction: float) -> Rejection | None:
-    """Level checks on mono float samples in [-1, 1] (before resampling, so clipping is seen as recorded)."""
+                max_clip_fraction: float, clip_run: int = 3) -> Rejection | None:
+    """Level checks on mono float samples in [-1, 1] (before resampling, so clipping is seen as recorded).
+
+    Clipping is a flat top: `clip_run` or more consecutive samples at |x| >= `clip_level` with one and the
+    same value (the converter's rail). Loud clean speech whose peaks touch full scale has single peak samples,
+    or rounded tops whose values differ, and is kept.
+    """
     if wav.size == 0:
         return Rejection("empty_audio", "zero samples")
     if not np.isfinite(wav).all():
@@ -291,7 +381,21 @@ def check_audio(wav: np.ndarray, sr: int, silence_dbfs: float, clip_level: float
     dbfs = 20.0 * math.log10(rms) if rms > 0 else -math.inf
     if dbfs < silence_dbfs:
         return Rejection("silent", f"RMS {dbfs:.1f} dBFS < silence_dbfs {silence_dbfs}")
-    clipped = float(np.mean(np.abs(wav) >= clip_level))
+    clipped = clipped_samples(wav, clip_level, clip_run) / wav.size
     if clipped > max_clip_fraction:
-        return Rejection("clipped", f"{clipped:.2%} of samples at |x| >= {clip_level}")
+        return Rejection("clipped", f"{clipped:.2%} of samples in flat runs of >= {clip_run} at |x| >= {clip_level}")
     return None
+
+
+def clipped_samples(wav: np.ndarray, clip_level: float, clip_run: int) -> int:
+    """How many samples lie in runs of >= `clip_run` equal consecutive samples at |x| >= `clip_level`."""
+    hot = np.abs(wav) >= clip_level
+    if not hot.any():
+        return 0
+    if clip_run <= 1:
+        return int(hot.sum())
+    # same[i]: sample i+1 continues a flat top from sample i; a run of k samples is k-1 such pairs
+    same = hot[1:] & hot[:-1] & (wav[1:] == wav[:-1])
+    edges = np.flatnonzero(np.diff(np.r_[0, same.view(np.int8), 0]))
+    pairs = edges[1::2] - edges[::2]
+    return int((pairs[pairs >= clip_run - 1] + 1).sum())

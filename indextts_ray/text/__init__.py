@@ -6,9 +6,16 @@
 
 from indextts_ray.text.config import TextConfig
 from indextts_ray.text.language import canonical_language, detect_language
-from indextts_ray.text.normalize import Normalized, leftover_characters, normalize, normalize_with_config
+from indextts_ray.text.normalize import (
+    KNOWN_LANGUAGES,
+    Normalized,
+    leftover_characters,
+    normalize,
+    normalize_with_config,
+)
 
 __all__ = [
+    "KNOWN_LANGUAGES",
     "Normalized",
     "TextConfig",
     "canonical_language",

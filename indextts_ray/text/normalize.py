@@ -16,6 +16,8 @@ RULES = {"ko": normalize_korean, "en": normalize_english}
 # Languages that get punctuation spacing on top of the cleanup, without number rules
 # (Chinese numbers are left to IndexTTS2's own front end).
 _CLEANUP_ONLY = {"zh"}
+# What `prepare` accepts by default (data.languages): the languages with rules or punctuation cleanup here.
+KNOWN_LANGUAGES = frozenset(RULES) | frozenset(_CLEANUP_ONLY)
 
 
 def normalize(text: str, language: str | None) -> str:

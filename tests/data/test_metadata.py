@@ -126,6 +126,16 @@ TRICKY = [
     '[1, 2]',
     '{"id": "y", "audio_path": "w/a.wav", "text": "hi", "speaker": "s"}\r',
     '{}',
+    # ids that cannot be file names (bad_id) and near misses that can
+    '{"id": "a/b", "audio_path": "w/a.wav", "text": "hi", "speaker": "s"}',
+    '{"id": "a\\\\b", "audio_path": "w/a.wav", "text": "hi", "speaker": "s"}',
+    '{"id": "..", "audio_path": "w/a.wav", "text": "hi", "speaker": "s"}',
+    '{"id": ".hidden", "audio_path": "w/a.wav", "text": "hi", "speaker": "s"}',
+    '{"id": "a\\u0085b", "audio_path": "w/a.wav", "text": "hi", "speaker": "s"}',
+    '{"id": "a\\u007fb", "audio_path": "w/a.wav", "text": "hi", "speaker": "s"}',
+    '{"id": "a..b", "audio_path": "w/a.wav", "text": "hi", "speaker": "s"}',
+    '{"id": "' + "가" * 86 + '", "audio_path": "w/a.wav", "text": "hi", "speaker": "s"}',
+    '{"id": "' + "x" * 255 + '", "audio_path": "w/a.wav", "text": "hi", "speaker": "s"}',
 ]
 
 
