@@ -4,13 +4,14 @@ Which number system a number is read in depends on what follows it:
 
     2026년 11월 28일   -> 이천이십육 년 십일 월 이십팔 일     Sino-Korean: 년 월 일 원 분 초 층 번지 호 회 ...
     3개, 20살, 1시     -> 세 개, 스무 살, 한 시              native Korean: 개 명 살 시 시간 마리 번 잔 ...
+    15시 30분, 23:59   -> 십오 시 삼십 분, 이십삼 시 오십구 분   hours 13-24 (and 0) in Sino-Korean: a 24-hour clock
     6월, 10월          -> 유월, 시월                         the standard irregular month names
     010-1234-5678     -> 공일공 일이삼사 오육칠팔            digit by digit, 0 as 공
     10:30             -> 열 시 삼십 분
     3.5kg, -5°C, 50%  -> 삼 점 오 킬로그램, 영하 오 도, 오십 퍼센트
     3~5개             -> 세 개에서 다섯 개                   the unit is repeated on both ends
     1,234,567원       -> 백이십삼만 사천오백육십칠 원
-    AI, KBS, 5G       -> 에이아이, 케이비에스, 파이브지
+    AI, KBS, 5G, 7B   -> 에이아이, 케이비에스, 오지, 칠비      codes: letter names + Korean digit names
 
 Documented choices: native numbers only for 1-99 (123개 -> 백이십삼 개, as news readers do); a number
 before 대 is Sino-Korean when it is a multiple of ten (20대 -> 이십 대, the age decade) or followed by
@@ -23,7 +24,7 @@ from __future__ import annotations
 import re
 
 from indextts_ray.text.common import ascii_forms
-from indextts_ray.text.korean_numbers import ENGLISH_DIGITS, decimal, digits, native, sino
+from indextts_ray.text.korean_numbers import decimal, digits, native, sino
 
 # --- counters and units --------------------------------------------------------------------------
 
@@ -158,12 +159,17 @@ def _time(m: re.Match) -> str:
     h, mnt, s = int(m.group(1)), int(m.group(2)), m.group(3)
     if h > 24 or mnt > 59 or (s is not None and int(s) > 59):
         return m.group()
-    out = f"{native(h) if h else '영'} 시"
+    out = f"{_hour(h)} 시"
     if mnt or (s and int(s)):
         out += f" {sino(mnt)} 분"
     if s and int(s):
         out += f" {sino(int(s))} 초"
     return out
+
+
+def _hour(h: int) -> str:
+    """1-12 in native Korean (세 시); 0 and 13-24 only occur on a 24-hour clock, read in Sino-Korean (십오 시)."""
+    return native(h) if 1 <= h <= 12 else sino(h)
 
 
 def _ratio(m: re.Match) -> str:
@@ -190,9 +196,9 @@ def _alnum(m: re.Match) -> str:
     token = m.group()
     if _UNIT_TOKEN.fullmatch(token):
         return token  # read by the number rule
-    # A single digit is read the English way (5G -> 파이브지), longer runs in Sino-Korean (G20 -> 지이십).
+    # Korean digit names, 0 as 공 (7B -> 칠비, A0 -> 에이공); longer runs in Sino-Korean (G20 -> 지이십).
     return "".join(
-        spell_letters(run) if run[0].isalpha() else (ENGLISH_DIGITS[int(run)] if len(run) == 1 else sino(int(run)))
+        spell_letters(run) if run[0].isalpha() else (digits(run) if len(run) == 1 else sino(int(run)))
         for run in re.findall(r"[A-Z]+|\d+", token)
     )
 
@@ -209,6 +215,8 @@ def _read_sino(num: str, drop_one: bool = False) -> str:
 def _is_native(unit: str, value: int, rest: str) -> bool:
     if unit not in _NATIVE or not 1 <= value <= 99:
         return False
+    if unit == "시" and value > 12:
+        return False  # 15시: a 24-hour clock (십오 시); 1-12 stay native (세 시)
     if unit == "대" and (value % 10 == 0 or re.match(r"\s?\d", rest)):
         return False  # 20대 (the twenties), 2대 1 (a score)
     if unit == "번" and _BEON_LABELS.match(rest):

@@ -21,9 +21,6 @@ _NATIVE_ONES = ("", "하나", "둘", "셋", "넷", "다섯", "여섯", "일곱",
 _NATIVE_TENS = ("", "열", "스물", "서른", "마흔", "쉰", "예순", "일흔", "여든", "아흔")
 _ATTRIBUTIVE = {"하나": "한", "둘": "두", "셋": "세", "넷": "네"}
 
-# How Koreans read a single digit inside a Latin-letter token (5G, 3D, A4, MP3).
-ENGLISH_DIGITS = ("제로", "원", "투", "쓰리", "포", "파이브", "식스", "세븐", "에잇", "나인")
-
 
 def _below_10000(n: int) -> str:
     out = []

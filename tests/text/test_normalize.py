@@ -155,3 +155,36 @@ def test_idempotent_on_random_mixtures():
         for lang in ("ko", "en"):
             once = normalize(text, lang)
             assert normalize(once, lang) == once, (text, lang, once)
+
+
+def test_korean_24_hour_clock_reads_sino_korean_hours():
+    """Every hour of the clock: 1-12 native (세 시), 0 and 13-24 Sino-Korean (십오 시), written as HH:MM or 시/분."""
+    from indextts_ray.text.korean_numbers import native, sino
+
+    for h in range(25):
+        spoken = native(h) if 1 <= h <= 12 else sino(h)
+        for m in (0, 5, 30, 59):
+            minutes = f" {sino(m)} 분" if m else ""
+            assert normalize(f"{h:02d}:{m:02d}", "ko") == f"{spoken} 시{minutes}", (h, m)
+            assert normalize(f"{h}:{m:02d}에 출발", "ko") == f"{spoken} 시{minutes}에 출발", (h, m)
+            if m:
+                assert normalize(f"{h}시 {m}분", "ko") == f"{spoken} 시 {sino(m)} 분", (h, m)
+        assert normalize(f"오후 {h}시", "ko") == f"오후 {spoken} 시"
+    assert normalize("23:59", "ko") == "이십삼 시 오십구 분"
+    assert normalize("15시 30분", "ko") == "십오 시 삼십 분"
+    assert normalize("3시간", "ko") == "세 시간" and normalize("15시간", "ko") == "열다섯 시간"  # durations stay native
+
+
+def test_korean_alphanumeric_codes_read_korean_digit_names():
+    """Every digit next to every capital (7B, B7) reads the Korean digit name, 0 as 공, never English."""
+    from indextts_ray.text.korean import _UNIT_TOKEN, LETTER_NAMES
+
+    names = "공일이삼사오육칠팔구"
+    for d in range(10):
+        for letter in "ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+            for code, spoken in ((f"{d}{letter}", names[d] + LETTER_NAMES[letter]),
+                                 (f"{letter}{d}", LETTER_NAMES[letter] + names[d])):
+                if not _UNIT_TOKEN.fullmatch(code):  # a number with a unit (5L, 3V, 2W): the unit rule's
+                    assert normalize(f"{code} 모델", "ko") == f"{spoken} 모델", code
+    assert normalize("7B 모델", "ko") == "칠비 모델"
+    assert not any(w in normalize("5G 3D A4 MP3 H2O", "ko") for w in ("파이브", "쓰리", "포", "투", "세븐"))
