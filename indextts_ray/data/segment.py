@@ -337,8 +337,8 @@ def segment_recordings(
         rel = path.relative_to(root)
         try:
             levels, sr, n, channels = frame_levels(path)
-        except RuntimeError as e:  # soundfile's decode errors; counted and logged, the other files go on
-            failed.append({"path": rel.as_posix(), "error": str(e)})
+        except (RuntimeError, OSError) as e:  # soundfile's decode/open errors; counted, the other files go on
+            failed.append({"path": rel.as_posix(), "error": str(e).splitlines()[0] if str(e) else type(e).__name__})
             log.warning("cannot read %s: %s", path, e)
             continue
         hop = int(round(sr * FRAME_S))
@@ -368,6 +368,12 @@ def segment_recordings(
                           "downmixed": channels > 1, "duration": round(n / sr, 4),
                           "segments": segs, **asdict(dec)})
 
+    if not file_logs:  # nothing readable: empty lists would look like a finished run
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "conversion_log.json", {"input": str(input_path), "failed": failed})
+        first = failed[0]
+        raise DataError(f"{input_path}: none of the {len(files)} audio files could be read ({len(failed)} "
+                        f"unreadable; first: {first['path']}: {first['error']}); see {out_dir}/conversion_log.json")
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         raise DataError("segment ids collide after replacing unusual characters in file names; rename the inputs")

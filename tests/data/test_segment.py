@@ -132,3 +132,22 @@ def test_cli_segment(corpus, tmp_path, capsys):
                  "--no-progress"]) == 0
     assert "2 files" in capsys.readouterr().out and (tmp_path / "o/val.list").exists()
     assert main(["segment", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "empty_file", "text", "mixed"])
+def test_no_readable_input_exits_2_with_the_count(tmp_path, capsys, kind):
+    """Whatever makes every file unreadable (garbage, zero bytes, a text file named .wav), segment fails with the
+    count instead of succeeding with empty lists."""
+    src = tmp_path / "in" / "spk"
+    src.mkdir(parents=True)
+    contents = {"corrupt": b"RIFF\x00\x00\x00\x00WAVEfmt garbage", "empty_file": b"", "text": b"hello\n" * 50}
+    for i, k in enumerate(contents if kind == "mixed" else [kind]):
+        (src / f"{k}{i}.wav").write_bytes(contents[k])
+        (src / f"{k}{i}.flac").write_bytes(contents[k])
+    n = len(list(src.iterdir()))
+    assert main(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--language", "ko",
+                 "--emotions-from", "none", "--speaker", "x", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"none of the {n} audio files could be read ({n} unreadable" in err
+    assert not (tmp_path / "o/manifest.jsonl").exists()
+    assert len(json.loads((tmp_path / "o/conversion_log.json").read_text())["failed"]) == n
