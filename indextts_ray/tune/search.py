@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -73,6 +74,11 @@ class TuneOutcome:
     plot: Path
     table: Path
     restored: bool  # the experiment was resumed rather than started
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during the search: the table and plot are written and marked partial (`results.partial.json`),
+    no best.yaml/final; the CLI exits 130. Rerunning the same command resumes."""
 
 
 # ----------------------------------------------------------------------------- the search space
@@ -331,6 +337,9 @@ def summarize(cfg: Config, exp_dir: Path, grid, restored: bool) -> TuneOutcome:
     tc, runs_dir = cfg.tune, exp_dir / RUNS
     low, high = cfg.train.band.low, cfg.train.band.high
     rows, traces = [], {}
+    # Tune's own view of each trial: an interrupted search (Ctrl-C) leaves trials neither TERMINATED nor ERROR
+    states = {Path(t.path).name: t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])
+              if getattr(t, "path", None)}
     for result in (grid[i] for i in range(len(grid))):
         name = Path(result.path).name
         lineage = runs_dir / f"{name}.lineage.json"
@@ -338,21 +347,31 @@ def summarize(cfg: Config, exp_dir: Path, grid, restored: bool) -> TuneOutcome:
         traces[name] = lineage_metrics(runs_dir, segments)
         windows = band_windows(traces[name], tc.window_steps)
         last = result.metrics or {}
-        status = "error" if result.error else "done" if last.get("finished") else "stopped"
-        rows.append({"trial": name, "status": status, "steps": windows[-1].end_step if windows else 0,
-                     **band_score(windows, low, high, tc.mel_penalty, tc.reference_mel_loss),
+        status = "error" if result.error else "done" if last.get("finished") else \
+            "interrupted" if states.get(name, "TERMINATED") not in ("TERMINATED", "ERROR") else "stopped"
+        score = band_score(windows, low, high, tc.mel_penalty, tc.reference_mel_loss)
+        # the value Tune ranked the trial by (its last report), so the table, best.yaml and Tune's "current best
+        # trial" name the same trial; the trace may go on past a stopped trial's last report
+        score[tc.metric] = last.get(tc.metric, math.nan)
+        rows.append({"trial": name, "status": status, "steps": windows[-1].end_step if windows else 0, **score,
                      "grl_lambda": windows[-1].grl_lambda if windows else None,
                      "speaker_weight": windows[-1].speaker_weight if windows else None,
                      "run": segments[-1]["run"],
                      **{f"param:{k}": v for k, v in sorted(_flatten(result.config or {}).items())}})
     rows.sort(key=lambda r: r["trial"])
-    done = [r for r in rows if r["status"] == "done"]
-    if not done:
-        states = ", ".join(f"{r['trial']}: {r['status']}" for r in rows)
-        raise RuntimeError(f"no trial of {exp_dir} finished ({states}); see the trial dirs' error.txt")
-    best = max(done, key=lambda r: (r[tc.metric], r["trial"]))
+    best = best_row(rows, tc.metric)
     table = write_table(rows, exp_dir / "results.csv")
-    plot = plot_trials(traces, low, high, exp_dir / "band.png", best=best["trial"])
+    plot = plot_trials(traces, low, high, exp_dir / "band.png", best=best["trial"] if best else None)
+    partial = exp_dir / "results.partial.json"
+    interrupted = [r["trial"] for r in rows if r["status"] == "interrupted"]
+    if interrupted:
+        atomic_write_json(partial, {"interrupted": interrupted, "time": time.time()})
+        raise SearchInterrupted(f"search interrupted with {len(interrupted)} trials unfinished; partial results: {table} "
+                                f"(marked by {partial.name}); rerun the same command to resume")
+    partial.unlink(missing_ok=True)
+    if best is None:
+        states = ", ".join(f"{r['trial']}: {r['status']}" for r in rows)
+        raise RuntimeError(f"no trial of {exp_dir} reported a score ({states}); see the trial dirs' error.txt")
     best_cfg = validate_config(deep_merge(cfg.model_dump(mode="json"), _nest(best)), Config, origin="best trial")
     best_cfg = best_cfg.model_copy(update={"run": best_cfg.run.model_copy(update={"name": f"{cfg.run.name}-best"})})
     best_yaml = atomic_write_text(exp_dir / "best.yaml", (
@@ -361,6 +380,16 @@ def summarize(cfg: Config, exp_dir: Path, grid, restored: bool) -> TuneOutcome:
         + dump_config(best_cfg)))
     export = _export_best(runs_dir / best["run"], exp_dir / "final", best)
     return TuneOutcome(exp_dir, rows, best["trial"], export, best_yaml, plot, table, restored)
+
+
+def best_row(rows: list[dict], metric: str) -> dict | None:
+    """Tune's rule (its reporter's "current best trial"): the highest last-reported value, the first trial on a
+    tie; errored trials are left out (their runs may have no checkpoint to export)."""
+    best = None
+    for r in rows:
+        if r["status"] != "error" and not math.isnan(r[metric]) and (best is None or r[metric] > best[metric]):
+            best = r
+    return best
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
