@@ -85,6 +85,9 @@ def iter_manifest(path: str | os.PathLike, fmt: str = "auto") -> Iterator[RawRow
 def check_manifest(path: str | os.PathLike, fmt: str) -> tuple[Path, str]:
     """(path, format) after checking that the file exists and resolving `auto`."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a manifest; set data.manifest to the JSONL or .list file "
+                        "inside it")
     if not path.is_file():
         raise DataError(f"manifest not found: {path} (set data.manifest, relative to data.root)")
     if fmt == "auto":
@@ -92,6 +95,29 @@ def check_manifest(path: str | os.PathLike, fmt: str) -> tuple[Path, str]:
     if fmt not in FORMATS:
         raise DataError(f"unknown manifest format {fmt!r}; use one of {', '.join(FORMATS)}")
     return path, fmt
+
+
+def sniff_manifest(path: str | os.PathLike) -> str | None:
+    """What the start of `path` says it is when it is not UTF-8 text: the hint that explains
+    why no row could be read, or None when it looks like text."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if not head.strip():
+        return "the file is empty"
+    if head[:4] == b"PAR1":
+        return "this is a Parquet file, not JSONL; write it out as JSONL (one JSON object per line)"
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or (head.count(b"\x00") > len(head) // 4 and b"\x00" in head[:4]):
+        return "the file is UTF-16 text; re-save it as UTF-8"
+    if head[:2] == b"\x1f\x8b" or head[:4] in (b"PK\x03\x04", b"\x28\xb5\x2f\xfd"):
+        return "the file is compressed (gzip, zip or zstd); decompress it first"
+    if b"\x00" in head:
+        return "the file is binary, not a text manifest"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not a character cut at the end of the sample
+            return "the file is not UTF-8 (Latin-1, CP949, ...?); re-save it as UTF-8"
+    return None
 
 
 def parse_line(raw: bytes, lineno: int, source: str, fmt: str, first_in_file: bool = False) -> RawRow | None:

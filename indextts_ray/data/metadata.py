@@ -39,6 +39,7 @@ from indextts_ray.data.manifest import (
     line_ranges,
     parse_json_block,
     parse_line,
+    sniff_manifest,
 )
 from indextts_ray.data.tokenizer import Tokenizer
 from indextts_ray.data.validate import (
@@ -93,9 +94,42 @@ def resolve_inputs(cfg: DataConfig) -> tuple[Path, Path]:
     if not manifest.is_absolute():
         manifest = (root or Path.cwd()) / manifest
     manifest = Path(os.path.normpath(manifest.absolute()))
+    if manifest.is_dir():
+        raise DataError(f"{manifest} is a directory, not a manifest; set data.manifest to the JSONL or .list file "
+                        "inside it")
     if not manifest.is_file():
         raise DataError(f"manifest not found: {manifest} (data.manifest is relative to data.root)")
     return manifest, Path(os.path.normpath(root)) if root else manifest.parent
+
+
+# the likely cause when one reason rejected most rows of a manifest that gave nothing
+_CAUSES = {
+    "bad_utf8": "is the file UTF-8?", "not_json": "is the file UTF-8 JSONL, one object per line?",
+    "bad_list_line": "is the file a MeloTTS list, path|speaker|language|text[|emotion]?",
+    "missing_field": "every row needs id, audio_path, text and speaker",
+    "missing_audio": "audio paths are relative to the manifest's folder",
+    "path_outside_root": "paths must stay under data.root", "unknown_language": "data.languages lists the "
+    "accepted languages", "bad_id": "ids are used as file names", "too_short": "see data.min_duration",
+    "too_long": "see data.max_duration",
+}
+
+
+def nothing_accepted(scan: MetadataScan) -> str | None:
+    """The one-line error for a manifest of which no row was accepted (None if some were), naming the cause:
+    "m.jsonl: 0 of 41 rows accepted: bad_utf8 ×20, not_json ×21 (is the file UTF-8 JSONL, ...?)"."""
+    if scan.table.num_rows:
+        return None
+    sniffed = sniff_manifest(scan.manifest)
+    if scan.rows_in == 0:
+        return f"{scan.manifest}: no rows ({sniffed or 'only blank lines'})"
+    reasons = Counter(r["reason"] for r in scan.rejected).most_common()
+    counts = ", ".join(f"{reason} ×{n}" for reason, n in reasons)
+    cause = sniffed or _CAUSES.get(reasons[0][0], "see rejected.parquet for each row's detail")
+    if not sniffed and reasons[0][0] == "missing_audio":
+        cause += f": {scan.manifest.parent}"
+    elif not sniffed and reasons[0][0] == "path_outside_root":
+        cause += f": {scan.root}"
+    return f"{scan.manifest}: 0 of {scan.rows_in} rows accepted: {counts} ({cause})"
 
 
 def reject_row(source: str, line: int, row_id: str | None, r: Rejection) -> dict:

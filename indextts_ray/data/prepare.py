@@ -36,13 +36,19 @@ from indextts_ray.data.audio import load_checked
 from indextts_ray.data.features.base import FRAME_RATE
 from indextts_ray.data.features.builtin import codebook_path, fit_codebook
 from indextts_ray.data.manifest import Rejection
-from indextts_ray.data.metadata import MetadataScan, resolve_inputs, scan_manifest, tokenize_table
+from indextts_ray.data.metadata import (
+    MetadataScan,
+    nothing_accepted,
+    resolve_inputs,
+    scan_manifest,
+    tokenize_table,
+)
 from indextts_ray.data.pairing import stable_hash
 from indextts_ray.data.plan import ShardPlan, pair_rows, plan_shards
 from indextts_ray.data.schema import REJECTED_SCHEMA, SCHEMA_VERSION
 from indextts_ray.data.shards import ShardContext, ShardWorker
 from indextts_ray.data.stats import build_stats
-from indextts_ray.data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from indextts_ray.data.tokenizer import Tokenizer, load_tokenizer, min_vocab_size, train_tokenizer
 from indextts_ray.errors import DataError
 from indextts_ray.io_utils import atomic_write, atomic_write_json, sha256_file
 
@@ -78,17 +84,17 @@ def prepare_dataset(cfg: Config, restart: bool | Literal["if_changed"] = False) 
     manifest, _ = resolve_inputs(data)
     out = Path(data.output_dir).absolute()
     fp = _fingerprint(cfg, manifest)
-    _claim_output_dir(out, fp, restart)
+    restart = _check_output_dir(out, fp, restart)
 
     scan = scan_manifest(data, model.emotion_labels)
     log.info("metadata: %d rows in, %d accepted, %d rejected", scan.rows_in, scan.table.num_rows, len(scan.rejected))
+    # the folder is claimed (plan.json) only once the input is usable: a failed run never blocks the fixed rerun
+    _check_scan(cfg, scan, out, restart)
+    _claim_output_dir(out, fp, restart)
     tok = _tokenizer(cfg, scan, out)
     tokenize_table(scan, tok, max_text)
     pairing = pair_rows(scan, data)
     if data.features.kind == "builtin":
-        if pc.any(pc.is_valid(scan.table.column("codes_path"))).as_py():
-            raise DataError("the manifest has precomputed codes_path (MaskGCT codes) but data.features.kind is "
-                            "builtin, whose codes differ; use features.kind w2vbert-maskgct")
         feat_dim = data.features.n_mels
         _ensure_codebook(scan, cfg, out / "features")
     else:
@@ -149,22 +155,63 @@ def _fingerprint(cfg: Config, manifest: Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _claim_output_dir(out: Path, fp: str, restart: bool | str) -> None:
+def _check_output_dir(out: Path, fp: str, restart: bool | str) -> bool:
+    """Whether this run restarts `out` (resolving "if_changed"); refuses another fingerprint. Writes nothing."""
     plan_file = out / "plan.json"
+    old = json.loads(plan_file.read_text()).get("fingerprint") if plan_file.is_file() else None
     if restart == "if_changed":
-        restart = plan_file.is_file() and json.loads(plan_file.read_text()).get("fingerprint") != fp
+        return old is not None and old != fp
+    if not restart and old is not None and old != fp:
+        raise DataError(f"{out} was prepared from another config/manifest/tokenizer (fingerprint {old[:12]}"
+                        f" != {fp[:12]}); use another data.output_dir or rerun with --restart")
+    return bool(restart)
+
+
+def _clear_outputs(out: Path) -> None:
+    for name in OUTPUTS:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def _check_scan(cfg: Config, scan: MetadataScan, out: Path, restart: bool) -> None:
+    """Refuse, before `out` is claimed, an input that cannot give a dataset: no row accepted (its rejections
+    still go to `rejected.parquet`), precomputed codes with builtin features, more characters than the model's
+    text vocabulary."""
+    whole = nothing_accepted(scan)
+    if whole:
+        if restart:
+            _clear_outputs(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "dataset.json").unlink(missing_ok=True)
+        atomic_write(out / "rejected.parquet",
+                     lambda tmp: pq.write_table(pa.Table.from_pylist(scan.rejected, schema=REJECTED_SCHEMA), tmp,
+                                                compression="zstd"))
+        raise DataError(f"{whole}; every row is in {out / 'rejected.parquet'}")
+    if cfg.data.features.kind == "builtin" and pc.any(pc.is_valid(scan.table.column("codes_path"))).as_py():
+        raise DataError("the manifest has precomputed codes_path (MaskGCT codes) but data.features.kind is "
+                        "builtin, whose codes differ; use features.kind w2vbert-maskgct")
+    limit = cfg.model.number_text_tokens
+    if cfg.data.tokenizer:
+        vocab = load_tokenizer(cfg.data.tokenizer).vocab_size
+        if vocab > limit:
+            raise DataError(f"tokenizer {cfg.data.tokenizer} has {vocab} pieces > model.number_text_tokens {limit}; "
+                            f"set model.number_text_tokens={vocab} (the text embedding follows the tokenizer)")
+        return
+    need = min_vocab_size(scan.table.column("text_norm").to_pylist())
+    if need > limit:
+        fix = -(-max(need, cfg.data.tokenizer_vocab_size) // 64) * 64
+        raise DataError(f"the corpus has {need - 4} distinct characters: a tokenizer covering them needs at least "
+                        f"{need} pieces > model.number_text_tokens {limit}; set model.number_text_tokens={fix} "
+                        f"data.tokenizer_vocab_size={fix} (the model's text embedding must hold every piece)")
+
+
+def _claim_output_dir(out: Path, fp: str, restart: bool) -> None:
+    plan_file = out / "plan.json"
     if restart:
-        for name in OUTPUTS:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    elif plan_file.is_file():
-        old = json.loads(plan_file.read_text()).get("fingerprint")
-        if old != fp:
-            raise DataError(f"{out} was prepared from another config/manifest/tokenizer (fingerprint {old[:12]}"
-                            f" != {fp[:12]}); use another data.output_dir or rerun with --restart")
+        _clear_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "dataset.json").unlink(missing_ok=True)  # its presence means "complete"; rewritten at the end
     for stale in [*out.glob("*/.*.tmp"), *out.glob(".*.tmp")]:  # left by a killed run, never visible shards
@@ -180,8 +227,10 @@ def _tokenizer(cfg: Config, scan: MetadataScan, out: Path) -> Tokenizer:
         path = out / "bpe.model"
         if not path.is_file():  # same fingerprint = same texts = the same model, so a rerun reuses it
             texts = scan.table.column("text_norm").to_pylist()
-            log.info("training a %d-piece BPE tokenizer on %d texts -> %s", data.tokenizer_vocab_size, len(texts), path)
-            train_tokenizer(texts, out / "bpe", data.tokenizer_vocab_size, character_coverage=1.0)
+            # at least every character of the corpus (_check_scan made sure the model holds that many)
+            vocab = max(data.tokenizer_vocab_size, min_vocab_size(texts))
+            log.info("training a %d-piece BPE tokenizer on %d texts -> %s", vocab, len(texts), path)
+            train_tokenizer(texts, out / "bpe", vocab, character_coverage=1.0)
         tok = load_tokenizer(path)
     if tok.vocab_size > cfg.model.number_text_tokens:
         raise DataError(f"tokenizer {tok.path} has {tok.vocab_size} pieces > model.number_text_tokens "

@@ -77,6 +77,15 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     return Tokenizer(path)
 
 
+def min_vocab_size(texts: Iterable[str]) -> int:
+    """The smallest vocabulary a BPE with full character coverage can have on `texts`: each distinct character,
+    the word-boundary piece ▁ (which stands for the space) and <s>, </s>, <unk>."""
+    chars = set("".join(texts))
+    chars.discard(" ")
+    chars.add("\u2581")
+    return len(chars) + 3
+
+
 def train_tokenizer(texts: Iterable[str], out_prefix: str | os.PathLike, vocab_size: int,
                     character_coverage: float = 0.9995) -> Path:
     """Train a BPE model on `texts` (already normalised) and write `<out_prefix>.model`; returns its path.
