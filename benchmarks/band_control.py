@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from indextts_ray.ray_connect import connect  # noqa: E402
 from indextts_ray.tune.config import BandControlConfig  # noqa: E402
 from indextts_ray.tune.controller import BandController  # noqa: E402
 from indextts_ray.tune.plant import PlantSettings, SimulatedPlant, simulate  # noqa: E402
@@ -43,7 +44,6 @@ def plant_run(settings: PlantSettings, seed: int, steps: int, band: BandControlC
 
 def tune_gains(steps: int, samples: int, seeds: list[int]) -> dict:
     """Ray Tune random search over the controller gains and margin on `seeds` (not the reported ones)."""
-    import ray
     from ray import tune
 
     def trial(config: dict) -> None:
@@ -54,7 +54,7 @@ def tune_gains(steps: int, samples: int, seeds: list[int]) -> dict:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     space = {k: tune.loguniform(0.1, 10.0) for k in GAINS} | {"margin": tune.uniform(0.0, 0.45)}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    connect(local={"num_cpus": 2, "include_dashboard": False}, log_to_driver=False)  # never a stale Ray
     with tempfile.TemporaryDirectory() as tmp:
         grid = tune.Tuner(
             tune.with_resources(trial, {"cpu": 1}), param_space=space,
@@ -85,7 +85,6 @@ def plant_benchmark(args) -> None:
 
 def tiny_model_benchmark(args) -> None:
     """Real Stage-2 runs of the tiny model (needs `train.band` in the training config)."""
-    import ray
 
     from indextts_ray.config import load_config
     from indextts_ray.train.tracking import read_metrics
@@ -103,7 +102,7 @@ def tiny_model_benchmark(args) -> None:
               f"train.speaker_mapping={Path(data) / 'speaker_mapping.json'}", f"train.max_steps={args.steps}",
               "train.batch.max_tokens=400", "train.logging.every_steps=1", f"train.eval_every_steps={args.steps}",
               f"train.checkpoint.every_steps={args.steps}", "train.warmup_steps=2"]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    connect(local={"num_cpus": 2, "include_dashboard": False}, log_to_driver=False)  # never a stale Ray
     t0 = time.perf_counter()
     search = run_tune(load_config(REPO / "configs/tune/demo.yaml", [
         *common, "run.name=search", f"tune.max_steps={args.steps}", f"tune.num_samples={args.tiny_samples}",

@@ -56,8 +56,14 @@ def _job_env_vars() -> dict:
     return (json.loads(raw).get("runtime_env") or {}).get("env_vars", {}) if raw else {}
 
 
-def connect(**init_kwargs) -> str:
-    """Connect this process to Ray (see the module doc) unless it already is; returns the GCS address."""
+def connect(local: dict | None = None, **init_kwargs) -> str:
+    """Connect this process to Ray (see the module doc) unless it already is; returns the GCS address.
+
+    Args:
+        local: `ray.init` arguments for a local Ray only (num_cpus, include_dashboard...: Ray refuses them
+            when joining a cluster).
+        init_kwargs: `ray.init` arguments in every case (log_to_driver...).
+    """
     import ray
 
     if ray.is_initialized():
@@ -85,7 +91,7 @@ def connect(**init_kwargs) -> str:
         os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)
         try:
-            ray.init(address="local", **init_kwargs)
+            ray.init(address="local", **(local or {}), **init_kwargs)
         finally:
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
     else:
