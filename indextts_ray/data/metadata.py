@@ -53,7 +53,7 @@ from indextts_ray.data.validate import (
     check_raw_text,
 )
 from indextts_ray.errors import DataError
-from indextts_ray.text import leftover_characters, normalize_with_config
+from indextts_ray.text import canonical_language, leftover_characters, normalize_with_config
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ class MetadataScan:
     counts: Counter = field(default_factory=Counter)  # language_detected, duration_from_header
     ignored_fields: dict[str, int] = field(default_factory=dict)
     leftover_chars: Counter = field(default_factory=Counter)
+    # line -> (speaker, emotion, language) of each rejected row that passed the field checks (`data/shares.py`)
+    rejected_groups: dict[int, tuple] = field(default_factory=dict)
 
 
 def resolve_inputs(cfg: DataConfig) -> tuple[Path, Path]:
@@ -193,6 +195,7 @@ class _Rejected(NamedTuple):
     reason: Rejection
     passed_fields: bool  # the row passed `check_fields`, so its id counts for duplicate detection
     duration_from_header: bool
+    group: tuple | None = None  # (speaker, emotion, language) when the fields passed
 
 
 @dataclass
@@ -301,13 +304,16 @@ def _check_record(rec: Record, ctx: RowContext, cfg: DataConfig) -> tuple | _Rej
     """The checks after `check_fields` (all but duplicate ids): the accepted row (`_RANGE_SCHEMA` order), or why
     not."""
 
+    language = canonical_language(rec.language) or "und"  # the normalised one once known
+
     def reject(r: Rejection, from_header: bool = False) -> _Rejected:
-        return _Rejected(rec.line, rec.id, r, True, from_header)
+        return _Rejected(rec.line, rec.id, r, True, from_header, (rec.speaker, rec.emotion, language))
 
     bad = check_raw_text(rec.text)
     if bad:
         return reject(bad)
     norm = normalize_with_config(rec.text, rec.language or None, cfg.text)
+    language = norm.language
     bad = check_language(norm.language, norm.detected, ctx) or check_normalised_text(norm.text)
     if bad:
         return reject(bad)
@@ -357,8 +363,9 @@ def _drop_duplicate_ids(scan: MetadataScan, batches: list[pa.RecordBatch | None]
         at += b.num_rows
         if d.any():
             for i in np.flatnonzero(d):
-                row_id = b.column("id")[i].as_py()
-                rows.append((b.column("line")[i].as_py(), _duplicate(source, b.column("line")[i].as_py(), row_id)))
+                row_id, line = b.column("id")[i].as_py(), b.column("line")[i].as_py()
+                rows.append((line, _duplicate(source, line, row_id)))
+                scan.rejected_groups[line] = tuple(b.column(k)[i].as_py() for k in ("speaker", "emotion", "language"))
             scan.leftover_chars.subtract(leftover_characters("".join(b.column("text_norm").filter(pa.array(d)).to_pylist())))
             b = b.filter(pa.array(~d))
         detected += int(pc.sum(b.column("language_detected")).as_py() or 0)
@@ -366,6 +373,8 @@ def _drop_duplicate_ids(scan: MetadataScan, batches: list[pa.RecordBatch | None]
         out.append(b.drop_columns(["language_detected"]))
     cand_dup = iter(dup[at:])
     for r in rejected:
+        if r.group is not None:
+            scan.rejected_groups[r.line] = r.group
         if r.passed_fields and next(cand_dup):
             rows.append((r.line, _duplicate(source, r.line, r.id)))
             continue
@@ -393,6 +402,8 @@ def tokenize_table(scan: MetadataScan, tok: Tokenizer, max_text_tokens: int) -> 
         keep = n <= max_text_tokens
         if not keep.all():
             for i in np.flatnonzero(~keep):
+                scan.rejected_groups[batch.column("line")[i].as_py()] = tuple(
+                    batch.column(k)[i].as_py() for k in ("speaker", "emotion", "language"))
                 moved.append(reject_row(
                     batch.column("source")[i].as_py(), batch.column("line")[i].as_py(), batch.column("id")[i].as_py(),
                     Rejection("text_too_long", f"{n[i]} tokens > max_text_tokens {max_text_tokens}")))

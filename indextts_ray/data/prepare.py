@@ -47,6 +47,7 @@ from indextts_ray.data.pairing import stable_hash
 from indextts_ray.data.plan import ShardPlan, pair_rows, plan_shards
 from indextts_ray.data.schema import REJECTED_SCHEMA, SCHEMA_VERSION
 from indextts_ray.data.shards import ShardContext, ShardWorker
+from indextts_ray.data.shares import filter_shares, format_warning
 from indextts_ray.data.stats import build_stats
 from indextts_ray.data.tokenizer import Tokenizer, load_tokenizer, min_vocab_size, train_tokenizer
 from indextts_ray.errors import DataError
@@ -113,6 +114,7 @@ def prepare_dataset(cfg: Config, restart: bool | Literal["if_changed"] = False) 
     rejected.sort(key=lambda r: (r["source"], r["line"]))
     stats = build_stats(scan, pairing, receipts, rejected)
     stats["tokenizer"] = {"path": str(tok.path), "vocab_size": tok.vocab_size}
+    stats["filter_shares"] = filter_shares(scan, rejected)
     atomic_write(out / "rejected.parquet",
                  lambda tmp: pq.write_table(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA), tmp,
                                             compression="zstd"))
@@ -124,7 +126,22 @@ def prepare_dataset(cfg: Config, restart: bool | Literal["if_changed"] = False) 
     norm, left = stats["text_normalised"], list(stats["leftover_chars"])[:10]
     print(f"  text normalised to spoken form: {norm['rows']} of {norm['of']} rows"
           + (f"; reaching the tokenizer raw: {' '.join(left)}" if left else ""))
+    _report_shares(stats["filter_shares"])
     return PrepareResult(out, stats, shards_written=len(pending), shards_skipped=len(plans) - len(pending))
+
+
+def _report_shares(shares: dict, top: int = 10) -> None:
+    """Warn about filters that removed > 10 % of one speaker/emotion/language; rows over the length limits."""
+    warnings = shares["warnings"]
+    for w in warnings[:top]:
+        log.warning("%s", format_warning(w))
+    if len(warnings) > top:
+        log.warning("%d more groups lost > 10 %% of their rows to one filter (stats.json filter_shares)",
+                    len(warnings) - top)
+    limits = shares["length_limits_by_emotion"]
+    if limits:
+        print("  dropped by the model's length limits (max_text_tokens, max_mel_tokens), per emotion: " + ", ".join(
+            f"{emo} {sum(n for k, n in c.items() if k != 'of')} of {c['of']}" for emo, c in limits.items()))
 
 
 def _max_text_tokens(cfg: Config) -> int:
