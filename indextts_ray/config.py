@@ -54,8 +54,11 @@ class Config(StrictModel):
     tune: TuneConfig = TuneConfig()
 
 
-# A file under configs/<section>/ holds one section (e.g. configs/model/tiny.yaml is a ModelConfig).
+# A file under configs/<section>/ holds one section (e.g. configs/model/tiny.yaml is a ModelConfig). Anywhere
+# else, a file holds one section when it says so (`section: data` at its top), or when its keys are all one
+# section's fields and no whole-config section (a copy of configs/data/demo.yaml in the working directory).
 SECTION_SCHEMAS: dict[str, type[BaseModel]] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+SECTION_KEY = "section"
 
 
 def schema_for(path: str | os.PathLike) -> type[BaseModel]:
@@ -63,7 +66,25 @@ def schema_for(path: str | os.PathLike) -> type[BaseModel]:
     p = Path(path).resolve()
     if p.parent.parent == CONFIGS_DIR and p.parent.name in SECTION_SCHEMAS:
         return SECTION_SCHEMAS[p.parent.name]
+    if not p.is_file():
+        return Config  # loading reports the missing file
+    raw = _load_yaml(p)
+    marked = raw.get(SECTION_KEY)
+    if marked is not None:
+        if marked not in SECTION_SCHEMAS:
+            raise ConfigError(f"{p}: {SECTION_KEY}: {marked!r} is not one of {', '.join(SECTION_SCHEMAS)}")
+        return SECTION_SCHEMAS[marked]
+    keys = set(raw) - {"defaults"}
+    if keys and not keys & set(Config.model_fields):
+        matches = [schema for schema in SECTION_SCHEMAS.values() if keys <= set(schema.model_fields)]
+        if len(matches) == 1:
+            return matches[0]
     return Config
+
+
+def presets(section: str) -> list[str]:
+    """Names of the files in configs/<section>/ (what `--model NAME` and `defaults: [section: NAME]` take)."""
+    return sorted(f.stem for f in (CONFIGS_DIR / section).glob("*.yaml"))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -120,6 +141,7 @@ def _load_composed(path: Path, seen: tuple[Path, ...]) -> dict:
     if path in seen:
         raise ConfigError(f"{path}: circular `defaults:` include")
     data = _load_yaml(path)
+    data.pop(SECTION_KEY, None)  # the schema marker, read by `schema_for`
     includes = data.pop("defaults", []) or []
     if not isinstance(includes, list):
         raise ConfigError(f"{path}: `defaults:` must be a list")
@@ -129,6 +151,9 @@ def _load_composed(path: Path, seen: tuple[Path, ...]) -> dict:
             part = _load_composed(_resolve_include(inc, path.parent), seen + (path,))
         elif isinstance(inc, dict) and len(inc) == 1:
             (section, name), = inc.items()
+            if not (CONFIGS_DIR / section / f"{name}.yaml").is_file():
+                raise ConfigError(f"{path}: `defaults: [{section}: {name}]`: no configs/{section}/{name}.yaml "
+                                  f"(presets: {', '.join(presets(section)) or 'none'})")
             file = _resolve_include(f"{section}/{name}.yaml", CONFIGS_DIR)
             part = {section: _load_composed(file, seen + (path,))}
         else:
