@@ -79,15 +79,19 @@ class Receipts:
         r = self.read(step)
         return r is not None and r["key"] == key and all(Path(o).exists() for o in r["outputs"])
 
+    @property
+    def hash_cache_path(self) -> Path:
+        return self.dir.parent / ".content_hashes.json"  # beside receipts/: a cache, not a receipt
+
     def hash_cache(self) -> dict:
-        p = self.dir / "content_hashes.json"
+        p = self.hash_cache_path
         try:
             return json.loads(p.read_text())
         except (OSError, ValueError):
             return {}
 
     def save_hash_cache(self, cache: dict) -> None:
-        atomic_write_json(self.dir / "content_hashes.json", cache)
+        atomic_write_json(self.hash_cache_path, cache)
 
     def mark_running(self, step: str, key: str, **extra) -> None:
         """The step started here (pid/host) or as a Ray Job (`job_id`); removed when it ends."""

@@ -93,21 +93,29 @@ def test_stage2_can_be_the_best_trial_of_a_tune_search(work):
 
 
 def test_submit_runs_steps_as_ray_jobs(tmp_path, monkeypatch):
-    """A real local head with its job server (in a child process, so stopping it touches nothing else);
-    the synth step goes through `JobSubmissionClient`, the second submit finds its receipt and submits nothing."""
+    """A real head started by `ray start` from another cwd (in a child process, so stopping it touches nothing
+    else), as users start one: venv on the PATH. The submitter, in a third directory, gives a relative work_dir;
+    the synth step runs from the job's working_dir bundle, no entrypoint names a path of the submitter, and the
+    second submit finds the receipt and submits nothing."""
     gcs, port, agent, agent_grpc, metrics, env_agent, client = free_ports(7)
     # `--block` ties the head's processes to this child: terminating it stops this cluster only; its own
     # temp dir keeps its address file from redirecting other `ray.init()` calls on this machine
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")
+    head_cwd, submit_cwd = tmp_path / "head", tmp_path / "submitter"
+    head_cwd.mkdir()
+    submit_cwd.mkdir()
+    venv_bin = Path(sys.executable).parent
     head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=1",
+        [str(venv_bin / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=1",
          f"--temp-dir={temp_dir}", "--dashboard-host=127.0.0.1", f"--dashboard-port={port}",
          # the session's own local Ray already holds the default agent ports: a clash leaves this head with no
          # job agent ("No available agent to submit job")
          f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
          f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={env_agent}",
          f"--ray-client-server-port={client}", "--disable-usage-stats"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=head_cwd,
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "RAY_ADDRESS": "",
+             "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"})
     try:
         deadline = time.time() + 300  # a loaded 2-core box can take minutes to start a head
         while time.time() < deadline:
@@ -118,15 +126,65 @@ def test_submit_runs_steps_as_ray_jobs(tmp_path, monkeypatch):
                 time.sleep(1)
         # as users do: token auth is on for the job server; the client reads ~/.ray/auth_token in token mode
         monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        monkeypatch.chdir(submit_cwd)
         cfg_path = REPO / "configs/pipeline/demo.yaml"
-        overrides = [f"pipeline.work_dir={tmp_path}", "pipeline.synth.speakers=2", "pipeline.synth.utts_per_speaker=3"]
+        overrides = ["pipeline.work_dir=out", "pipeline.synth.speakers=2", "pipeline.synth.utts_per_speaker=3"]
         cfg = load_config(cfg_path, overrides)
-        jobs = submit_pipeline(cfg, cfg_path, overrides, f"http://127.0.0.1:{port}", until="synth", timeout_s=240)
+        address = f"http://127.0.0.1:{port}"
+        jobs = submit_pipeline(cfg, cfg_path, overrides, address, until="synth", timeout_s=240)
         assert len(jobs) == 1 and jobs[0].startswith("indextts-synth-")
-        assert (tmp_path / "corpus" / "manifest.jsonl").exists()
+        assert (submit_cwd / "out" / "corpus" / "manifest.jsonl").exists()
         assert {n: s for n, s, _ in pipeline_status(cfg)}["synth"] == "done"
-        assert submit_pipeline(cfg, cfg_path, overrides, f"http://127.0.0.1:{port}", until="synth") == []
+        assert submit_pipeline(cfg, cfg_path, overrides, address, until="synth") == []
+        from ray.job_submission import JobSubmissionClient
+
+        entrypoints = [j.entrypoint for j in JobSubmissionClient(address).list_jobs()]
+        assert entrypoints == ["python jobs/synth.py --config pipeline.yaml"]
     finally:
         head.terminate()
         head.wait(timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _weights(path: Path) -> dict:
+    import torch
+
+    return torch.load(path / "gpt.pth", map_location="cpu", weights_only=True)
+
+
+def _differ(a: dict, b: dict) -> bool:
+    import torch
+
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_reruns_train_fresh_runs_on_the_new_weights(work):
+    """Change Stage 1 -> Stages 2 and 3 retrain from its new export (their receipts hold its hash, their weights
+    change); change only Stage 3 -> it trains all its steps (a fresh run, not a resume of the finished one)."""
+    from indextts_ray.pipeline.receipts import content_hash
+    from indextts_ray.train.tracking import read_metrics
+
+    run_pipeline(pipeline_cfg(work))  # back to the fixture's config (earlier tests changed Stage 2/3)
+    old = {n: _weights(work / "runs" / f"stage{n}" / "final") for n in (1, 2, 3)}
+    old_init = json.loads((work / "receipts" / "stage2.json").read_text())["inputs"]["init_checkpoint"]
+    t0 = time.time()
+    cfg = pipeline_cfg(work, f"pipeline.stage1.overrides={[*QUICK, 'train.lr=1e-3']}")
+    assert run_pipeline(cfg) == ["stage1", "stage2", "stage3", "export", "eval"]
+    new_init = json.loads((work / "receipts" / "stage2.json").read_text())["inputs"]["init_checkpoint"]
+    assert new_init == content_hash(work / "runs" / "stage1" / "final") != old_init
+    stage3 = json.loads((work / "receipts" / "stage3.json").read_text())["inputs"]["init_checkpoint"]
+    assert stage3 == content_hash(work / "runs" / "stage2" / "final")
+    for n in (1, 2, 3):
+        assert _differ(old[n], _weights(work / "runs" / f"stage{n}" / "final")), f"stage{n} kept its old weights"
+        metrics = read_metrics(work / "runs" / f"stage{n}")
+        assert sorted(metrics)[-1] == 2 and all(m["time"] > t0 for m in metrics.values())  # every step trained now
+
+    before = _weights(work / "runs" / "stage3" / "final")
+    t1 = time.time()
+    cfg = pipeline_cfg(work, f"pipeline.stage1.overrides={[*QUICK, 'train.lr=1e-3']}",
+                       f"pipeline.stage3.overrides={[*QUICK, 'train.lr=5e-4']}")
+    assert run_pipeline(cfg) == ["stage3", "export", "eval"]
+    metrics = read_metrics(work / "runs" / "stage3")
+    assert sorted(metrics)[-1] == 2 and all(m["time"] > t1 for m in metrics.values())
+    assert _differ(before, _weights(work / "runs" / "stage3" / "final"))
