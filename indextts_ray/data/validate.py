@@ -99,7 +99,7 @@ class RowContext:
         self.root = str(root)
         self.languages = frozenset(canonical_language(x) for x in languages) if languages else KNOWN_LANGUAGES
         self._real_root = os.path.realpath(self.root)
-        self._real_dirs: dict[str, str] = {}  # folder -> its real path (rows share few folders)
+        self._real_dirs: dict[str, tuple[str, bool]] = {}  # folder -> (real path, inside the root); rows share few
         self.emotion_index = {label: i for i, label in enumerate(emotion_labels)}
         self.fmt = fmt
         self.required = REQUIRED + (PRECOMPUTED_USED if fmt == "indextts_precomputed" else ())
@@ -125,20 +125,25 @@ class RowContext:
         `path_outside_root` before any reader can see its target. Costs one lstat per row plus one realpath
         per folder and per symlinked file.
         """
+        folder, _, name = path.rpartition(os.sep)
+        entry = self._real_dirs.get(folder)
+        if entry is None:
+            real_dir = os.path.realpath(folder or os.sep)
+            entry = self._real_dirs[folder] = (real_dir, _inside(real_dir, self._real_root))
         try:
             st = os.lstat(path)
         except OSError:
             st = None
-        folder = os.path.dirname(path)
-        real_dir = self._real_dirs.get(folder)
-        if real_dir is None:
-            real_dir = self._real_dirs[folder] = os.path.realpath(folder)
-        real = os.path.realpath(path) if st is not None and stat.S_ISLNK(st.st_mode) else os.path.join(
-            real_dir, os.path.basename(path))
-        if not _inside(real, self._real_root):
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            real = os.path.realpath(path)
+            inside, exists = _inside(real, self._real_root), os.path.isfile(real)
+        else:  # the file itself is no link: it is where its folder really is
+            real = os.path.join(entry[0], name)
+            inside, exists = entry[1], st is not None and stat.S_ISREG(st.st_mode)
+        if not inside:
             return Rejection("path_outside_root", f"{key} {path} resolves to {real}, outside the dataset root "
                                                   f"{self.root} (a symlink); set data.root to a folder holding both")
-        if st is None or not os.path.isfile(real):
+        if not exists:
             return Rejection("bad_codes" if key == "codes_path" else "missing_audio", f"{key} {path} does not exist")
         return None
 
