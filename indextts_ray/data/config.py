@@ -59,19 +59,21 @@ class SplitConfig(StrictModel):
 
 
 class PromptConfig(StrictModel):
-    """How each target row gets its speaker prompt: another utterance of the same speaker.
+    """How each target gets its speaker prompt, drawn per epoch at training time (`data/prompts.py`) among the
+    other accepted utterances of its speaker; only `max_seconds` matters to `prepare` (it cuts explicit
+    `prompt_audio_path`/`emotion_audio_path` clips), so changing the rest never re-extracts features.
 
+    `max_seconds`: prompts are random crops of at most this long (a new crop every epoch).
     `same_emotion`: `no` any emotion; `prefer` same emotion when the speaker has one (other picks counted);
-    `require` same emotion or the row is rejected (`no_same_emotion_prompt`).
-    `single_utterance`: a speaker with one usable utterance is `reject`ed (`single_utterance_speaker`) or
-    prompted by its own audio (`self`: prompt_id = id; leaks the target into the prompt, so only for tiny sets).
-    `candidates`: how many other utterances are tried, in a fixed hash order, when a prompt's audio fails.
+    `require` same emotion, or the target is left out of training (counted as `no_same_emotion_prompt`).
+    `single_utterance`: a target whose speaker has no other accepted utterance is left out (`reject`, counted
+    as `single_utterance_speaker`) or prompted by its own audio (`self`: leaks the target into the prompt,
+    so only for tiny sets).
     """
 
     max_seconds: float = Field(15.0, gt=0.0)  # IndexTTS2 infer_v2 cuts prompts to 15 s
     same_emotion: Literal["no", "prefer", "require"] = "no"
     single_utterance: Literal["reject", "self"] = "reject"
-    candidates: int = Field(3, ge=1, le=32)
     seed: int = 0
 
 

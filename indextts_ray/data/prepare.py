@@ -2,10 +2,9 @@
 
     manifest --scan_manifest (data.scan_workers processes)--> accepted metadata + rejected rows
              --tokenizer (given, or trained on the normalised text)--> text_ids   (text_too_long rejected)
-             --pair_rows--> prompt candidates                               (single speakers rejected)
              --plan_shards--> train/val shards, fixed before any audio is read
              --builtin only: fit the k-means codebook on a sample of the corpus
-             --Ray Data: one ShardWorker task per unfinished shard--> <out>/{train,val}/shard-NNNNN.parquet
+             --Ray Data: one ShardWorker task per unfinished shard--> <out>/{train,val}/shard-NNNNN.arrow
              --> rejected.parquet, stats.json, dataset.json (written last: its presence = complete)
 
 Resume: `plan.json` holds the run's fingerprint (config, manifest and tokenizer hashes, schema version). A
@@ -44,7 +43,7 @@ from indextts_ray.data.metadata import (
     tokenize_table,
 )
 from indextts_ray.data.pairing import stable_hash
-from indextts_ray.data.plan import ShardPlan, pair_rows, plan_shards
+from indextts_ray.data.plan import ShardPlan, plan_shards
 from indextts_ray.data.schema import REJECTED_SCHEMA, SCHEMA_VERSION
 from indextts_ray.data.shards import ShardContext, ShardWorker
 from indextts_ray.data.shares import filter_shares, format_warning
@@ -59,7 +58,10 @@ log = logging.getLogger(__name__)
 OUTPUTS = ("train", "val", "receipts", "features", "bpe.model", "plan.json", "rejected.parquet", "stats.json",
            "dataset.json")
 # keys that do not change the result (resources, where it goes)
-_NOT_FINGERPRINTED = {"workers", "scan_workers", "cpus_per_worker", "gpus_per_worker", "output_dir"}
+_NOT_FINGERPRINTED = {"workers": True, "scan_workers": True, "cpus_per_worker": True, "gpus_per_worker": True,
+                      "output_dir": True,
+                      # prompts are drawn at training time: only max_seconds (explicit prompts are cut) is stored
+                      "prompt": {"same_emotion": True, "single_utterance": True, "seed": True}}
 
 
 @dataclass
@@ -94,7 +96,6 @@ def prepare_dataset(cfg: Config, restart: bool | Literal["if_changed"] = False) 
     _claim_output_dir(out, fp, restart)
     tok = _tokenizer(cfg, scan, out)
     tokenize_table(scan, tok, max_text)
-    pairing = pair_rows(scan, data)
     if data.features.kind == "builtin":
         feat_dim = data.features.n_mels
         _ensure_codebook(scan, cfg, out / "features")
@@ -112,7 +113,7 @@ def prepare_dataset(cfg: Config, restart: bool | Literal["if_changed"] = False) 
 
     rejected = scan.rejected + [row for r in receipts for row in r["rejected"]]
     rejected.sort(key=lambda r: (r["source"], r["line"]))
-    stats = build_stats(scan, pairing, receipts, rejected)
+    stats = build_stats(scan, receipts, rejected)
     stats["tokenizer"] = {"path": str(tok.path), "vocab_size": tok.vocab_size}
     stats["filter_shares"] = filter_shares(scan, rejected)
     atomic_write(out / "rejected.parquet",

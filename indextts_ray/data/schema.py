@@ -1,13 +1,20 @@
-"""The Parquet row schemas `indextts-ray prepare` writes and the training loop reads.
+"""The row schemas of the prepared set (`UTTERANCE_SCHEMA`, stored) and of training batches (`BATCH_SCHEMA`).
 
-A shard row is one (prompt, target) training example:
+A stored row is one accepted utterance, its features kept once (whatever it is used for):
 
     id, speaker, language, emotion, emotion_id      who/what (emotion_id = index in model.emotion_labels, -1 none)
-    text, text_norm, text_ids, n_text               target text as given, normalised, BPE ids (no start/stop)
-    codes, n_codes, duration                        target semantic codes at 50 Hz (no start/stop), seconds
-    prompt_id, prompt_feats, prompt_frames, feat_dim    speaker prompt: another utterance's features,
-                                                        float16 row-major (prompt_frames, feat_dim) bytes
-    emo_feats, emo_frames                           emotion prompt, same layout; null / 0 = use the prompt
+    text, text_norm, text_ids, n_text               text as given, normalised, BPE ids (no start/stop)
+    codes, n_codes, duration                        semantic codes at 50 Hz (no start/stop), seconds
+    feats, n_frames, feat_dim                       the utterance's own conditioning features, float16
+                                                    row-major (n_frames, feat_dim) bytes
+    prompt_feats, prompt_frames                     features of the row's own `prompt_audio_path`; null / 0 =
+                                                    a prompt is drawn from the speaker's other utterances
+    emo_feats, emo_frames                           features of `emotion_audio_path`; null / 0 = none
+
+Prompts are not stored: the ingest draws one per target and epoch (`data/prompts.py`) and joins its
+features in the stream. A batch row (what the fetch stage emits and `collate` reads) is one (prompt,
+target) example: the target's columns plus `prompt_id`, `prompt_emotion_id` and the prompt's cropped
+`prompt_feats`/`prompt_frames` (and `entry`, the plan index of its micro-batch).
 """
 
 from __future__ import annotations
@@ -15,31 +22,52 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FEATS_DTYPE = np.float16
+_META = {b"indextts_ray.schema_version": str(SCHEMA_VERSION).encode()}
 
-SHARD_SCHEMA = pa.schema(
+_TARGET_FIELDS = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("speaker", pa.string(), nullable=False),
+    pa.field("language", pa.string(), nullable=False),
+    pa.field("emotion", pa.string(), nullable=True),
+    pa.field("emotion_id", pa.int16(), nullable=False),
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("text_norm", pa.string(), nullable=False),
+    pa.field("text_ids", pa.list_(pa.int32()), nullable=False),
+    pa.field("n_text", pa.int32(), nullable=False),
+    pa.field("codes", pa.list_(pa.int32()), nullable=False),
+    pa.field("n_codes", pa.int32(), nullable=False),
+    pa.field("duration", pa.float32(), nullable=False),
+]
+_EMO_FIELDS = [pa.field("emo_feats", pa.binary(), nullable=True), pa.field("emo_frames", pa.int32(), nullable=False)]
+
+UTTERANCE_SCHEMA = pa.schema(
     [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("speaker", pa.string(), nullable=False),
-        pa.field("language", pa.string(), nullable=False),
-        pa.field("emotion", pa.string(), nullable=True),
-        pa.field("emotion_id", pa.int16(), nullable=False),
-        pa.field("text", pa.string(), nullable=False),
-        pa.field("text_norm", pa.string(), nullable=False),
-        pa.field("text_ids", pa.list_(pa.int32()), nullable=False),
-        pa.field("n_text", pa.int32(), nullable=False),
-        pa.field("codes", pa.list_(pa.int32()), nullable=False),
-        pa.field("n_codes", pa.int32(), nullable=False),
-        pa.field("duration", pa.float32(), nullable=False),
+        *_TARGET_FIELDS,
+        pa.field("feats", pa.binary(), nullable=False),
+        pa.field("n_frames", pa.int32(), nullable=False),
+        pa.field("feat_dim", pa.int32(), nullable=False),
+        pa.field("prompt_feats", pa.binary(), nullable=True),
+        pa.field("prompt_frames", pa.int32(), nullable=False),
+        *_EMO_FIELDS,
+    ],
+    metadata=_META,
+)
+
+BATCH_SCHEMA = pa.schema(
+    [
+        pa.field("entry", pa.int64(), nullable=False),
+        pa.field("dataset", pa.int32(), nullable=False),
+        *_TARGET_FIELDS,
         pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt_emotion_id", pa.int16(), nullable=False),
         pa.field("prompt_feats", pa.binary(), nullable=False),
         pa.field("prompt_frames", pa.int32(), nullable=False),
         pa.field("feat_dim", pa.int32(), nullable=False),
-        pa.field("emo_feats", pa.binary(), nullable=True),
-        pa.field("emo_frames", pa.int32(), nullable=False),
+        *_EMO_FIELDS,
     ],
-    metadata={b"indextts_ray.schema_version": str(SCHEMA_VERSION).encode()},
+    metadata=_META,
 )
 
 REJECTED_SCHEMA = pa.schema(
@@ -50,19 +78,19 @@ REJECTED_SCHEMA = pa.schema(
         pa.field("reason", pa.string(), nullable=False),  # stable short code (validate.REASONS)
         pa.field("detail", pa.string(), nullable=False),
     ],
-    metadata={b"indextts_ray.schema_version": str(SCHEMA_VERSION).encode()},
+    metadata=_META,
 )
 
 
 def encode_feats(feats: np.ndarray) -> bytes:
-    """(frames, dim) float array -> float16 row-major bytes, the layout of `prompt_feats`/`emo_feats`."""
+    """(frames, dim) float array -> float16 row-major bytes, the layout of every `*feats` column."""
     if feats.ndim != 2:
         raise ValueError(f"features must be (frames, dim), got shape {feats.shape}")
     return np.ascontiguousarray(feats, dtype=FEATS_DTYPE).tobytes()
 
 
 def decode_feats(data: bytes, frames: int, dim: int) -> np.ndarray:
-    """`prompt_feats`/`emo_feats` bytes -> float16 array (frames, dim); raises if the size does not match."""
+    """`*feats` bytes -> float16 array (frames, dim); raises if the size does not match."""
     arr = np.frombuffer(data, dtype=FEATS_DTYPE)
     if arr.size != frames * dim:
         raise ValueError(f"feature blob has {arr.size} values, expected frames {frames} x dim {dim}")
@@ -70,11 +98,11 @@ def decode_feats(data: bytes, frames: int, dim: int) -> np.ndarray:
 
 
 def schema_version_of(path) -> int:
-    """Schema version stored in a shard's Parquet metadata."""
-    import pyarrow.parquet as pq
+    """Schema version stored in a shard's metadata."""
+    from indextts_ray.data.store import read_schema
 
-    meta = pq.read_schema(path).metadata or {}
+    meta = read_schema(path).metadata or {}
     raw = meta.get(b"indextts_ray.schema_version")
     if raw is None:
-        raise ValueError(f"{path}: no indextts_ray.schema_version in the Parquet metadata")
+        raise ValueError(f"{path}: no indextts_ray.schema_version in the shard's metadata")
     return int(raw)

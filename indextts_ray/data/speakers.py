@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indextts_ray.data.manifest import iter_manifest
+from indextts_ray.data.store import SHARD_GLOB, SHARD_SUFFIX, read_table
 from indextts_ray.errors import DataError
 from indextts_ray.io_utils import atomic_write_json
 
@@ -62,18 +63,18 @@ class SpeakerMapping:
 
 
 def shard_files(source: Path) -> list[Path]:
-    """`shard-*.parquet` under a prepared folder (any depth: `<out>/train`, or `<out>` for train + val)."""
+    """Shards under a prepared folder (any depth: `<out>/train`, or `<out>` for train + val)."""
     if source.is_file():
         return [source]
-    files = sorted(source.rglob("shard-*.parquet"))
+    files = sorted(source.rglob(SHARD_GLOB))
     if not files:
-        raise DataError(f"{source}: no shard-*.parquet files below it; pass a prepared shard folder "
+        raise DataError(f"{source}: no {SHARD_GLOB} files below it; pass a prepared shard folder "
                         "(e.g. <output_dir>/train) or a manifest (.jsonl / .list)")
     return files
 
 
-def count_parquet(files: list[Path]) -> tuple[Counter, dict[str, int]]:
-    """Samples per speaker over Parquet files, one file and one column at a time.
+def count_shards(files: list[Path]) -> tuple[Counter, dict[str, int]]:
+    """Samples per speaker over shard files (Arrow IPC, or Parquet), one file and one column at a time.
 
     Each file's counts are grouped in Arrow and merged every `_MERGE_EVERY` files, so memory holds about one
     row per distinct speaker, not per sample.
@@ -83,7 +84,8 @@ def count_parquet(files: list[Path]) -> tuple[Counter, dict[str, int]]:
     parts: dict[pa.DataType, list[pa.Table]] = {}  # per-file counts, by the speaker column's type
     for f in dict.fromkeys(files):  # the same file twice would count twice
         try:
-            table = pq.read_table(f, columns=["speaker"])
+            table = pq.read_table(f, columns=["speaker"]) if Path(f).suffix == ".parquet" \
+                else read_table(f, ["speaker"])
         except (KeyError, ValueError) as e:  # pyarrow: missing column -> ArrowInvalid (a ValueError)
             raise DataError(f"{f}: cannot read column 'speaker' ({e}); is this a prepared shard?") from None
         nulls = table.column("speaker").null_count
@@ -143,7 +145,7 @@ def build_speaker_mapping(source: str | os.PathLike, top_k: int = 500, min_sampl
     """Count samples per speaker in `source` and map the selected speakers to class ids 0..k-1.
 
     Args:
-        source: a folder of prepared `shard-*.parquet` (searched recursively), one Parquet file, or a
+        source: a folder of prepared `shard-*.arrow` (searched recursively), one shard file, or a
             JSONL / MeloTTS manifest.
         top_k: at most this many speakers (the classifier's classes).
         min_samples: a speaker needs at least this many samples to be selected.
@@ -154,8 +156,8 @@ def build_speaker_mapping(source: str | os.PathLike, top_k: int = 500, min_sampl
     source = Path(source)
     if not source.exists():
         raise DataError(f"speaker source not found: {source} (a shard folder or a manifest)")
-    if source.is_dir() or source.suffix == ".parquet":
-        counts, skipped = count_parquet(shard_files(source))
+    if source.is_dir() or source.suffix in (".parquet", SHARD_SUFFIX):
+        counts, skipped = count_shards(shard_files(source))
     else:
         counts, skipped = count_manifest(source, fmt)
     if not counts:

@@ -7,14 +7,13 @@ from collections import Counter
 import numpy as np
 
 from indextts_ray.data.metadata import MetadataScan
-from indextts_ray.data.plan import PairingSummary
 from indextts_ray.data.shards import DURATION_BINS
 from indextts_ray.errors import DataError
 
 _LIST_LIMIT = 50  # names listed in full (counts are always complete)
 
 
-def build_stats(scan: MetadataScan, pairing: PairingSummary, receipts: list[dict], rejected: list[dict]) -> dict:
+def build_stats(scan: MetadataScan, receipts: list[dict], rejected: list[dict]) -> dict:
     """Aggregate counts; raises if rows in != rows written + rows rejected."""
     written = {"train": 0, "val": 0}
     seconds = {"train": 0.0, "val": 0.0}
@@ -39,6 +38,7 @@ def build_stats(scan: MetadataScan, pairing: PairingSummary, receipts: list[dict
     if not ok:
         raise DataError(f"row accounting broken: {invariant} does not hold; this is a bug, please report it")
     used = int((code_hist > 0).sum()) if code_hist is not None else 0
+    singles = sorted(s for s, n in per["speaker"].items() if n == 1)
     return {
         "rows_in": scan.rows_in,
         "rows_out": total_written,
@@ -55,14 +55,13 @@ def build_stats(scan: MetadataScan, pairing: PairingSummary, receipts: list[dict
         "downmixed": counts["downmixed"],
         "language_detected": counts["language_detected"],
         "duration_from_header": counts["duration_from_header"],
-        "prompt_fallbacks": counts["prompt_fallbacks"],
         "precomputed_codes": counts["precomputed_codes"],
-        "pairing": {
-            "single_utterance_speakers": len(pairing.single_utterance_speakers),
-            "single_utterance_speaker_names": pairing.single_utterance_speakers[:_LIST_LIMIT],
-            "other_emotion_prompts": pairing.other_emotion_prompts,
-            "explicit_prompts": pairing.explicit_prompts,
-            "self_prompts": pairing.self_prompts,
+        # prompts are drawn per epoch at training time among a speaker's accepted utterances; a speaker with
+        # one accepted utterance follows data.prompt.single_utterance there (left out, or prompted by itself)
+        "prompts": {
+            "single_utterance_speakers": len(singles),
+            "single_utterance_speaker_names": singles[:_LIST_LIMIT],
+            "explicit_prompts": counts["explicit_prompts"],
         },
         "code_usage": {"used": used, "of": 0 if code_hist is None else len(code_hist),
                        "fraction": used / len(code_hist) if code_hist is not None and len(code_hist) else 0.0},

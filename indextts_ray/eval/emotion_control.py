@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
+from indextts_ray.data.ingest import utterance_clips
+from indextts_ray.data.store import list_shards, read_table
 from indextts_ray.errors import DataError
 from indextts_ray.eval.codeclf import TrainedCodeClassifier, train_code_classifier
 from indextts_ray.eval.generate import build_conditioning, generate_codes, label_emovec, resolve_emovec
@@ -39,15 +40,15 @@ from indextts_ray.eval.probes import ProbeResult, score_predictions
 from indextts_ray.eval.sanity import DEFAULT_SETTINGS
 from indextts_ray.model.heads import EmotionTable
 from indextts_ray.model.unifiedvoice import UnifiedVoice
-from indextts_ray.train.shards import EmotionLookup, list_shards
 
 MODES = ("label", "reference")
 MODE_TITLES = {"label": "emotion label (table)", "reference": "reference clip of another speaker"}
 NEUTRAL = "neutral"
 JUDGE_TARGET = 0.90  # the emotion judge must reach this on real codes before generated accuracy is judged
 CONTROL_TARGET = 0.85  # per-emotion accuracy on generated codes
-LIGHT_COLUMNS = ["id", "speaker", "emotion_id", "prompt_id"]
-CLIP_COLUMNS = ["prompt_id", "speaker", "prompt_feats", "prompt_frames", "feat_dim"]
+LIGHT_COLUMNS = ["id", "speaker", "emotion_id"]
+CLIP_COLUMNS = ["id", "speaker", "feats", "n_frames", "feat_dim", "emotion_id"]
+MAX_CLIP_FRAMES = 750  # 15 s at 50 Hz: IndexTTS2 cuts prompts there
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def _take(files: list[Path], picks: pa.Table, columns: list[str]) -> pa.Table:
     for i, f in enumerate(files):
         mine = picks.filter(pc.equal(picks.column("file"), i))
         if len(mine):
-            t = pq.read_table(f, columns=columns).take(mine.column("row"))
+            t = read_table(f, columns).take(mine.column("row"))
             out.append(t.append_column("order", mine.column("order")))
     return pa.concat_tables(out).sort_by("order").drop_columns(["order"])
 
@@ -161,7 +162,7 @@ def _light_rows(files: list[Path]) -> pa.Table:
     """LIGHT_COLUMNS of every row of `files`, plus its file number and row within the file."""
     tables = []
     for i, f in enumerate(files):
-        t = pq.read_table(f, columns=LIGHT_COLUMNS)
+        t = read_table(f, LIGHT_COLUMNS)
         tables.append(t.append_column("file", pa.array(np.full(len(t), i, np.int32)))
                        .append_column("row", pa.array(np.arange(len(t), dtype=np.int64))))
     return pa.concat_tables(tables)
@@ -230,15 +231,14 @@ def build_setup(data_dir: str | Path, labels: list[str], vocab: int, options: Em
 
 
 def _clip_rows(rows: pa.Table, data_dir: Path, labels: list[str]) -> dict[str, np.ndarray]:
-    """One entry per distinct speaker prompt with a known emotion: `index` (its first row in `rows`), `speaker`,
-    `emotion` (name). A prompt's emotion is that of row `prompt_id`, looked up in every shard (train and val)."""
-    pids = rows.column("prompt_id").to_numpy(zero_copy_only=False).astype(str)
-    _, first = np.unique(pids, return_index=True)  # sorted by prompt id: deterministic
-    lookup = EmotionLookup([f for s in ("train", "val") if (data_dir / s).is_dir() for f in list_shards(data_dir / s)])
-    emotion = lookup(list(pids[first]))
+    """One entry per stored utterance with a known emotion (its own features are the clip), in id order:
+    `index` (its row in `rows`), `speaker`, `emotion` (name)."""
+    ids = rows.column("id").to_numpy(zero_copy_only=False).astype(str)
+    order = np.argsort(ids, kind="stable")  # deterministic whatever the shard order
+    emotion = rows.column("emotion_id").to_numpy().astype(np.int64)[order]
     keep = (emotion >= 0) & (emotion < len(labels))
-    return {"index": first[keep], "emotion": np.array([labels[i] for i in emotion[keep]], dtype=object),
-            "speaker": rows.column("speaker").to_numpy(zero_copy_only=False).astype(str)[first][keep]}
+    return {"index": order[keep], "emotion": np.array([labels[i] for i in emotion[keep]], dtype=object),
+            "speaker": rows.column("speaker").to_numpy(zero_copy_only=False).astype(str)[order][keep]}
 
 
 def _choose_speakers(clips: dict[str, np.ndarray], judge: TrainedCodeClassifier | None, n: int,
@@ -276,10 +276,10 @@ def _choose_references(clips: dict[str, np.ndarray], speakers: list[str], asked:
 
 
 def _read_clips(files: list[Path], rows: pa.Table, chosen: list[int], clips: dict[str, np.ndarray]) -> dict[int, Clip]:
-    """Features of the chosen rows' speaker prompts (only those rows are read)."""
+    """The chosen utterances' own features, cut to a prompt's length (only those rows are read)."""
     if not chosen:
         return {}
-    table = _take(files, _picks(rows, np.asarray(chosen)), CLIP_COLUMNS)
+    table = utterance_clips(_take(files, _picks(rows, np.asarray(chosen)), CLIP_COLUMNS), MAX_CLIP_FRAMES)
     feats, lengths = feats_batch(table)
     emotion = dict(zip(clips["index"].tolist(), clips["emotion"].tolist()))
     return {i: Clip(table.column("prompt_id")[k].as_py(), table.column("speaker")[k].as_py(),

@@ -14,7 +14,7 @@ import torch
 
 from indextts_ray.model.config import LossWeights
 from indextts_ray.model.training import TrainingModel
-from indextts_ray.train.collate import collate
+from indextts_ray.train.collate import collate, to_device
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def validation_losses(model: TrainingModel, rows: pa.Table, device: torch.device
         for start in range(0, len(order), batch_size):
             batch = collate(rows.take(pa.array(order[start : start + batch_size])))
             batch.pop("emotion_ids")  # the classifier heads are not what this measures
-            out = model({k: v.to(device) for k, v in batch.items()}, LossWeights())
+            out = model(to_device(batch, device), LossWeights())
             n, nt = float(out["n_mel_tokens"]), float(out["n_text_tokens"])
             mel += float(out["mel_loss"]) * n
             top1 += float(out["mel_top1"]) * n

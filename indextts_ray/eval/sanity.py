@@ -15,7 +15,7 @@ import torch
 
 from indextts_ray.eval.generate import SamplingConfig, build_conditioning, generate_codes, resolve_emovec
 from indextts_ray.model.unifiedvoice import UnifiedVoice
-from indextts_ray.train.collate import collate
+from indextts_ray.train.collate import collate, to_device
 
 # The official infer_v2 defaults without beam search and repetition penalty (neither is implemented here).
 DEFAULT_SETTINGS: dict[str, SamplingConfig] = {
@@ -38,7 +38,7 @@ def sampling_sanity(
     """
     if len(rows) == 0:
         return {}
-    batch = {k: v.to(device) for k, v in collate(rows).items()}
+    batch = to_device(collate(rows), device)
     emo_vec = resolve_emovec(model, batch["spk_feats"], batch["spk_lengths"],
                              batch.get("emo_feats"), batch.get("emo_lengths"))
     conds = build_conditioning(model, batch["spk_feats"], batch["spk_lengths"], emo_vec)

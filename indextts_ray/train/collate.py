@@ -1,4 +1,6 @@
-"""Arrow rows of the shard schema -> padded torch tensors in the `TrainingModel` batch layout."""
+"""Batch rows (`schema.BATCH_SCHEMA`, from the ingest stream) -> padded torch tensors in the `TrainingModel`
+layout. Features stay float16 on the host (half the bytes to pin and copy); `to_device` makes them fp32
+on the device."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ def _pad_lists(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarr
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     offsets = arr.offsets.to_numpy()
     offsets = offsets - offsets[0]
-    values = arr.values.to_numpy()[: offsets[-1]] if len(arr) else np.zeros(0, np.int64)
+    values = arr.flatten().to_numpy() if len(arr) else np.zeros(0, np.int64)  # flatten honours a slice's offset
     lengths = np.diff(offsets)
     out = np.zeros((len(arr), int(lengths.max(initial=0))), dtype=np.int64)
     rows = np.repeat(np.arange(len(arr)), lengths)
@@ -24,17 +26,17 @@ def _pad_lists(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarr
 
 
 def _pad_feats(blobs: list[bytes | None], frames: np.ndarray, dim: int) -> np.ndarray:
-    out = np.zeros((len(blobs), int(frames.max(initial=0)), dim), dtype=np.float32)
+    out = np.zeros((len(blobs), int(frames.max(initial=0)), dim), dtype=np.float16)
     for i, (b, n) in enumerate(zip(blobs, frames)):
         out[i, :n] = np.frombuffer(b, dtype=np.float16).reshape(n, dim)
     return out
 
 
-def collate(table: pa.Table, speaker_to_id: dict[str, int] | None = None, emotion_of=None) -> dict:
+def collate(table: pa.Table, speaker_to_id: dict[str, int] | None = None) -> dict:
     """Build the model batch. `emo_feats` is included only when some row has its own emotion reference.
 
-    `emotion_ids` label the clip the emotion vector comes from: the prompt, looked up with `emotion_of`
-    (an `EmotionLookup`); without it, or for a separate emotion reference, the label is unknown (ignored).
+    `emotion_ids` label the clip the emotion vector comes from: the prompt (`prompt_emotion_id`); rows with a
+    separate emotion reference are unlabelled (ignored by the emotion losses).
     """
     text, text_len = _pad_lists(table.column("text_ids"))
     codes, code_len = _pad_lists(table.column("codes"))
@@ -50,24 +52,33 @@ def collate(table: pa.Table, speaker_to_id: dict[str, int] | None = None, emotio
         "spk_lengths": torch.from_numpy(p_frames),
     }
     emo_blobs = table.column("emo_feats").to_pylist()
-    if any(b is not None for b in emo_blobs):
+    has_emo = np.asarray([e is not None for e in emo_blobs], dtype=bool)
+    if has_emo.any():
         e_frames = table.column("emo_frames").to_numpy().astype(np.int64)
         blobs = [e if e is not None else p for e, p in zip(emo_blobs, prompt_blobs)]
-        frames = np.where([e is not None for e in emo_blobs], e_frames, p_frames)
+        frames = np.where(has_emo, e_frames, p_frames)
         batch["emo_feats"] = torch.from_numpy(_pad_feats(blobs, frames, dim))
         batch["emo_lengths"] = torch.from_numpy(frames.astype(np.int64))
-    if emotion_of is not None:
-        emo = emotion_of(table.column("prompt_id").to_pylist()).astype(np.int64)
-        if "emo_feats" in batch:
-            emo = np.where(np.asarray([e is None for e in emo_blobs]), emo, -1)
-    else:
-        emo = np.full(table.num_rows, -1, dtype=np.int64)
-    batch["emotion_ids"] = torch.from_numpy(np.where(emo < 0, IGNORE, emo))
+    emo = table.column("prompt_emotion_id").to_numpy().astype(np.int64)
+    emo = np.where(has_emo | (emo < 0), IGNORE, emo)
+    batch["emotion_ids"] = torch.from_numpy(emo)
     if speaker_to_id is not None:
         spk = [speaker_to_id.get(s, IGNORE) for s in table.column("speaker").to_pylist()]
         batch["speaker_ids"] = torch.tensor(spk, dtype=torch.long)
     return batch
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Tensors to the device; float16 host features become float32 there."""
+    return {k: (v.to(device, non_blocking=True).float() if v.dtype == torch.float16 else v.to(device, non_blocking=True))
+            for k, v in batch.items()}
+
+
 def batch_ids(table: pa.Table) -> list[str]:
     return table.column("id").to_pylist()
+
+
+def padding_of(table: pa.Table) -> float:
+    """Share of padded GPT positions in this micro-batch (text + codes + start/stop tokens per row)."""
+    lengths = table.column("n_text").to_numpy().astype(np.int64) + table.column("n_codes").to_numpy() + 4
+    return 1.0 - float(lengths.sum()) / (len(lengths) * int(lengths.max())) if len(lengths) else 0.0

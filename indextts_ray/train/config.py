@@ -40,8 +40,8 @@ class ScalingSettings(StrictModel):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     resources_per_worker: dict[str, float] = Field(default_factory=dict, description="extra custom resources")
-    val_read_cpus: float = Field(0.1, gt=0, description="CPU of each Ray Data read task of the validation set: "
-                                 "a fraction, so reads never wait for a whole CPU the workers already hold")
+    ingest_cpus: float = Field(0.25, gt=0, description="CPU of each Ray Data fetch task of the training/validation "
+                               "stream: a fraction, so reads never wait for a whole CPU the workers already hold")
     max_failures: int | None = Field(None, ge=-1, description="-1 = retry forever; None = 3, or forever if elastic")
     elastic_monitor_interval_s: float = Field(60.0, gt=0)
 

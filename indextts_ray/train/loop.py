@@ -19,27 +19,28 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
 
 from indextts_ray.config import Config, config_hash
-from indextts_ray.data.bucketing import BucketingSettings, RankSchedule, padding_fraction, plan_epoch
-from indextts_ray.data.mixing import DatasetMeter, Mixture, dataset_bounds
+from indextts_ray.data.bucketing import RankSchedule
+from indextts_ray.data.ingest import check_same_data, data_fingerprint, get_planner, micro_batches
+from indextts_ray.data.mixing import DatasetMeter
 from indextts_ray.data.speakers import load_speaker_mapping
 from indextts_ray.errors import UserError
 from indextts_ray.io_utils import atomic_write_json
 from indextts_ray.model.checkpoint_io import export_checkpoint, load_init_checkpoint
 from indextts_ray.model.flops import flops_per_token, gpt_seq_len
 from indextts_ray.model.training import TrainingModel
-from indextts_ray.train.collate import batch_ids, collate
+from indextts_ray.train.collate import batch_ids, collate, padding_of, to_device
 from indextts_ray.train.early_stop import EarlyStopping
 from indextts_ray.train.ema import EMA
 from indextts_ray.train.guard import SpikeGuard, Verdict, discard_step, record_bad_batch, set_base_lrs
 from indextts_ray.train.prefetch import Prefetcher
 from indextts_ray.train.sharding import full_model, grad_sync, is_sharded, shard_model
-from indextts_ray.train.shards import EmotionLookup, RowReader, ShardIndex, list_shards
 from indextts_ray.train.state import Progress, gather_state, load_state, save_state, step_seed
 from indextts_ray.train.tracking import Tracker, device_peak_tflops
 from indextts_ray.tune.controller import controller_for
@@ -54,6 +55,8 @@ HEAD_LOSSES = {"speaker_classifier": "speaker", "emotion_classifier": "emotion",
 
 
 def train_loop_per_worker(config: dict) -> None:
+    config = dict(config)
+    spec = config.pop("_ingest")  # IngestSpec: files and settings of the data stream, resolved by the driver
     cfg = Config.model_validate(config)
     tc = cfg.train
     ctx = ray.train.get_context()
@@ -86,27 +89,16 @@ def train_loop_per_worker(config: dict) -> None:
     guard = SpikeGuard(tc.guard, fp16_scaler=scaler.is_enabled())
     stopper = EarlyStopping(tc.early_stopping)
 
-    # ---- data: the epoch plan over the whole train split (same on every rank); a mixture indexes all its
-    # datasets' train files, dataset after dataset, so plan entries stay global row indices
-    train_files = [list_shards(Path(d) / "train") for d in tc.data_dirs]
-    index = ShardIndex([f for files in train_files for f in files],
-                       keep_speakers=set(speaker_to_id) if tc.only_mapped_speakers else None)
-    reader = RowReader(index)
-    emotion_of = EmotionLookup([f for d in tc.data_dirs for split in ("train", "val") for f in list_shards(Path(d) / split)])
-    mixture = Mixture(tc.mixture, index.lengths, dataset_bounds(index.file, [len(f) for f in train_files])) \
-        if tc.mixture is not None else None
-    bucketing = BucketingSettings(tc.batch.max_tokens, tc.batch.max_batch_size, tc.batch.shuffle_window)
-
-    def epoch_plan(epoch: int):
-        """(batches, the MixturePlan or None): a pure function of (data, seed, epoch), so resume needs no state."""
-        if mixture is None:
-            return plan_epoch(index.lengths, bucketing, cfg.run.seed, epoch), None
-        mixed = mixture.plan(bucketing, cfg.run.seed, epoch)
-        return mixed.batches, mixed
+    # ---- data: the run's planner holds the epoch plans (pure functions of data, seed, epoch); this rank streams
+    # its plan entries through Ray Data (`get_dataset_shard`) and never opens a shard itself
+    planner = get_planner(spec)
+    train_shard = ray.train.get_dataset_shard("train")
+    mixture_names = list(tc.mixture.names) if tc.mixture is not None else None
+    plan_info = ray.get(planner.describe.remote("train", 0))
 
     global_micro = tc.scaling.max_workers * tc.batch.grad_accum  # micro-batches per optimizer step, all ranks
     grad_accum = accumulation_for(global_micro, world_size)
-    steps_per_epoch = len(epoch_plan(0)[0]) // global_micro
+    steps_per_epoch = plan_info["entries"] // global_micro
     total_steps = min(tc.max_steps or math.inf, steps_per_epoch * tc.epochs)
     progress.total_steps = total_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc, progress.total_steps))
@@ -116,6 +108,7 @@ def train_loop_per_worker(config: dict) -> None:
             progress, _ = load_state(Path(d), model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                                      ema=ema)
         progress.total_steps = total_steps  # from this config: a raised train.max_steps/epochs trains on
+        check_same_data(progress.data or None, spec)
         if progress.guard:  # empty in checkpoints written before the guard existed
             guard.load_state_dict(progress.guard)
         if progress.early_stop:
@@ -125,6 +118,7 @@ def train_loop_per_worker(config: dict) -> None:
             if progress.world_size != world_size:
                 log_resize(run_dir, progress, world_size, grad_accum)
     progress.world_size, progress.grad_accum = world_size, grad_accum
+    progress.data = {"fingerprint": data_fingerprint(spec)}
     band = controller_for(tc)
     if band is not None and band.resume(progress.band) and rank == 0:
         log.info("band control resumed: λ %.3g, speaker weight %.3g", band.grl_lambda, band.speaker_weight)
@@ -144,28 +138,40 @@ def train_loop_per_worker(config: dict) -> None:
     audit = open(run_dir / "samples" / f"rank{rank}.jsonl", "a", buffering=1) \
         if _mkdir(run_dir / "samples", tc.logging.sample_ids) else None  # noqa: SIM115
     if rank == 0:
-        log.info("train rows %d (filtered %d), %d steps/epoch x %d epochs -> %d steps; trainable %s; %s over %d ranks",
-                 len(index), index.n_filtered, steps_per_epoch, tc.epochs, progress.total_steps, f"{params['trainable']:,}",
-                 "fsdp" if sharded else "ddp", world_size)
-        if mixture is not None:
-            log.info("mixture (rows, share, rows per epoch): %s", mixture.summary())
-    meter = DatasetMeter(mixture.names) if mixture is not None else None
+        log.info("train rows %d in %d micro-batches (left out: %s; padding %.1f%%), %d steps/epoch x %d epochs -> %d "
+                 "steps; trainable %s; %s over %d ranks", plan_info["rows"], plan_info["entries"],
+                 plan_info["left_out"] or "none", 100 * plan_info["padding"], steps_per_epoch, tc.epochs,
+                 progress.total_steps, f"{params['trainable']:,}", "fsdp" if sharded else "ddp", world_size)
+        if mixture_names is not None:
+            log.info("mixture rows per epoch: %s", dict(zip(mixture_names, plan_info["datasets"])))
+    meter = DatasetMeter(mixture_names) if mixture_names is not None else None
     peak = device_peak_tflops(device, tc.logging.peak_tflops)
     last_ckpt = time.monotonic()
 
     # ---- the loop
     while progress.step < progress.total_steps and progress.epoch < tc.epochs and not stopper.stopped:
-        plan, mixed = epoch_plan(progress.epoch)
-        schedule = RankSchedule(len(plan), world_size, rank, grad_accum, progress.position)
+        n_entries = ray.get(planner.n_entries.remote("train", progress.epoch))
+        schedule = RankSchedule(n_entries, world_size, rank, grad_accum, progress.position)
         steps_here = min(schedule.steps_left, progress.total_steps - progress.step)
+        # this rank's entries of the epoch, in order, from the resume position: the stream serves exactly these
+        ray.get(planner.set_cursor.remote("train", rank, progress.epoch,
+                                          [j for i in range(steps_here) for j in schedule.micro_batches(i)]))
+        stream = micro_batches(train_shard)
+        # rows per dataset this epoch (mixture logs): the part before the resume position is counted on rank 0 only
+        epoch_rows = np.asarray(ray.get(planner.rows_per_dataset.remote("train", progress.epoch, progress.position))
+                                if rank == 0 else np.zeros(len(mixture_names or [0])), dtype=np.int64)
 
-        def micro_batches(i: int, plan=plan, mixed=mixed, schedule=schedule):
-            js = schedule.micro_batches(i)
-            tables = [reader.read(plan[j]) for j in js]
-            return [(collate(t, speaker_to_id, emotion_of), batch_ids(t), padding_fraction([plan[j]], index.lengths),
-                     int(mixed.dataset[j]) if mixed is not None else 0, j) for t, j in zip(tables, js)]
+        def next_step(i: int, stream=stream, schedule=schedule):
+            out = []
+            for j in schedule.micro_batches(i):
+                t = next(stream)
+                if int(t.column("entry")[0].as_py()) != j:  # the stream must serve the cursor, in order
+                    raise RuntimeError(f"ingest stream out of order: got plan entry {t.column('entry')[0]}, expected {j}")
+                out.append((collate(t, speaker_to_id), batch_ids(t), padding_of(t), int(t.column("dataset")[0].as_py()),
+                            j))
+            return out
 
-        prefetch = Prefetcher(micro_batches, steps_here)
+        prefetch = Prefetcher(next_step, steps_here)
         window = _Window()
         for i in range(steps_here):
             t0 = time.perf_counter()
@@ -182,7 +188,7 @@ def train_loop_per_worker(config: dict) -> None:
                 # seeded by the batch's place in the epoch plan, not by (rank, micro-step): the same batch gets
                 # the same dropout whatever the world size, so an elastic run reproduces a fixed-size one
                 torch.manual_seed(step_seed(cfg.run.seed, progress.epoch, j))
-                batch = {n: v.to(device, non_blocking=True) for n, v in batch.items()}
+                batch = to_device(batch, device)
                 last = k == len(batches) - 1
                 sync = grad_sync(ddp_model, last or world_size == 1)
                 with sync, torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -199,6 +205,7 @@ def train_loop_per_worker(config: dict) -> None:
                 micro_losses.append(float(out["loss"]))
                 if meter is not None:
                     meter.add(dataset, float(out["mel_loss"]), float(out["n_mel_tokens"]))
+                    epoch_rows[dataset] += len(_ids)
                 tokens = float(out["n_mel_tokens"] + out["n_text_tokens"])
                 sums["tokens"] = sums.get("tokens", 0.0) + tokens
                 seq = gpt_seq_len(cfg.model, batch["text_ids"].shape[1], batch["codes"].shape[1])
@@ -246,12 +253,12 @@ def train_loop_per_worker(config: dict) -> None:
             if progress.step % tc.logging.every_steps == 0 or i == steps_here - 1:
                 metrics = {**sums, "step": progress.step, "epoch": progress.epoch, "time": time.time(), "lr": lr,
                            "grad_norm": grad_norm, "world_size": world_size, "grad_accum": grad_accum,
-                           "grl_lambda": step_lambda, "speaker_weight": weights.speaker,
+                           "grl_lambda": step_lambda, "speaker_weight": weights.speaker, "total_steps": progress.total_steps,
                            **guard.metrics(), **window.rates(peak, world_size)}
                 if meter is not None:  # per-dataset loss over the window (all ranks) and samples this epoch
                     metrics.update(meter.metrics(_all_sum(meter.totals(), device, world_size)))
-                    metrics.update({f"mix/{n}/epoch_samples": int(c)
-                                    for n, c in zip(mixed.names, mixed.rows_per_dataset(progress.position))})
+                    rows_so_far = _all_sum(epoch_rows.tolist(), device, world_size)
+                    metrics.update({f"mix/{n}/epoch_samples": int(c) for n, c in zip(mixture_names, rows_so_far)})
                 tracker.log(metrics, progress.step)
                 window = _Window()
             epoch_done = i == schedule.steps_left - 1
@@ -261,7 +268,7 @@ def train_loop_per_worker(config: dict) -> None:
             val = None
             if progress.step % tc.eval_every_steps == 0 or run_done:
                 with ema_weights(ema, model, tc.ema.use_for_eval):
-                    val = evaluate(model, tc, device, amp_dtype, speaker_to_id, emotion_of, world_size)
+                    val = evaluate(model, tc, device, amp_dtype, speaker_to_id, planner, rank, world_size)
                 keep_best(model, ema, progress, val, cfg, rank, run_dir)
                 stop = stopper.update(progress.step, val[tc.early_stopping.metric])  # same value on every rank
                 tracker.log({**val, "step": progress.step}, progress.step, line=False)
@@ -280,6 +287,8 @@ def train_loop_per_worker(config: dict) -> None:
                 last_ckpt = time.monotonic()
             if stopper.stopped:
                 break
+        prefetch.close()  # stops and joins the reader thread, so the stream can be closed here
+        stream.close()
         if steps_here == 0:  # nothing left in this epoch (fewer batches than one global step)
             progress.epoch, progress.position = progress.epoch + 1, 0
     tracker.close()
@@ -411,19 +420,21 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 @torch.no_grad()
-def evaluate(model: TrainingModel, tc, device, amp_dtype, speaker_to_id, emotion_of, world_size: int) -> dict:
-    """Validation over this rank's Ray Data shard; token-weighted means reduced over ranks.
+def evaluate(model: TrainingModel, tc, device, amp_dtype, speaker_to_id, planner, rank: int, world_size: int) -> dict:
+    """Validation over this rank's entries of the validation plan (the same ingest stream as training, prompts
+    drawn once); token-weighted means reduced over ranks.
 
-    A sharded model all-gathers in every forward, so all ranks must run the same number of batches: Ray splits
-    the val set into equal shards; should that ever not hold, every rank raises instead of one hanging.
+    A sharded model all-gathers in every forward, so all ranks must run the same number of batches: the planner
+    balances the validation entries over the ranks; should that ever not hold, every rank raises instead of one
+    hanging.
     """
     model.eval()
-    shard = ray.train.get_dataset_shard("val")
+    ray.get(planner.val_cursor.remote(rank, world_size, tc.val_max_batches))
     lockstep = is_sharded(model)
     totals = torch.zeros(5, dtype=torch.float64, device=device)  # mel_loss*n, top1*n, text_loss*n_text, n, n_text
-    batches = iter(shard.iter_batches(batch_size=tc.batch.max_batch_size, batch_format="pyarrow"))
+    batches = micro_batches(ray.train.get_dataset_shard("val"))
     for b in itertools.count():
-        table = next(batches, None) if not (tc.val_max_batches and b >= tc.val_max_batches) else None
+        table = next(batches, None)
         if lockstep:
             have = _all_sum([float(table is not None)], device, world_size)[0]
             if 0 < have < world_size:
@@ -431,7 +442,7 @@ def evaluate(model: TrainingModel, tc, device, amp_dtype, speaker_to_id, emotion
                                    "equal val shards)")
         if table is None:
             break
-        batch = {k: v.to(device) for k, v in collate(table, speaker_to_id, emotion_of).items()}
+        batch = to_device(collate(table, speaker_to_id), device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             out = model(batch, tc.loss)
         n, nt = float(out["n_mel_tokens"]), float(out["n_text_tokens"])

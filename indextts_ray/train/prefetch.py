@@ -38,7 +38,13 @@ class Prefetcher:
             raise err
         return value
 
-    def close(self) -> None:
+    def close(self, timeout: float = 120.0) -> None:
+        """Stop producing and wait for the thread (it finishes the item it is on, which is then dropped)."""
         self._stop.set()
-        while not self._q.empty():
-            self._q.get_nowait()
+        while self._thread.is_alive():
+            while not self._q.empty():
+                self._q.get_nowait()
+            self._thread.join(timeout=0.05)
+            timeout -= 0.05
+            if timeout <= 0:
+                raise TimeoutError("prefetch thread did not stop")

@@ -38,6 +38,7 @@ class Progress:
     rollbacks: int = 0  # reloads of the last checkpoint after a divergence
     guard: dict = field(default_factory=dict)  # SpikeGuard.state_dict(): running means, skip counters
     early_stop: dict = field(default_factory=dict)  # EarlyStopping.state_dict(): best value/step, patience used
+    data: dict = field(default_factory=dict)  # {"fingerprint": ...} of the prepared data: resume refuses other data
 
 
 def step_seed(seed: int, epoch: int, batch: int) -> int:

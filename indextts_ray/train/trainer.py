@@ -11,11 +11,21 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from indextts_ray.config import Config, config_hash, write_resolved_config
+from indextts_ray.data.bucketing import BucketingSettings
+from indextts_ray.data.ingest import (
+    IngestDataConfig,
+    IngestSpec,
+    check_same_data,
+    make_spec,
+    planner_actor,
+    rank_dataset,
+    release_planner,
+)
 from indextts_ray.data.mixing import check_compatible
-from indextts_ray.data.shards import read_shards
+from indextts_ray.data.speakers import load_speaker_mapping
+from indextts_ray.data.store import list_shards
 from indextts_ray.errors import UserError
 from indextts_ray.train.loop import read_finished, train_loop_per_worker
-from indextts_ray.train.shards import list_shards
 
 log = logging.getLogger("indextts_ray.train")
 
@@ -73,6 +83,17 @@ def check_freeze(cfg: Config) -> None:
                         f"its modules are {', '.join(modules)}")
 
 
+def ingest_spec(cfg: Config) -> IngestSpec:
+    """The data stream of a run: shard files and row counts (footers only), plan and prompt settings."""
+    tc = cfg.train
+    keep = sorted(load_speaker_mapping(tc.speaker_mapping).mapping) if tc.only_mapped_speakers else None
+    return make_spec(tc.data_dirs, seed=cfg.run.seed,
+                     bucketing=BucketingSettings(tc.batch.max_tokens, tc.batch.max_batch_size, tc.batch.shuffle_window),
+                     prompt=cfg.data.prompt, keep_speakers=keep,
+                     mixture=tc.mixture.model_dump(mode="json") if tc.mixture is not None else None,
+                     fetch_cpus=tc.scaling.ingest_cpus, run_key=str(Path(cfg.run.output_dir) / cfg.run.name))
+
+
 def build_trainer(cfg: Config) -> TorchTrainer:
     tc = cfg.train
     sc = tc.scaling
@@ -93,14 +114,35 @@ def build_trainer(cfg: Config) -> TorchTrainer:
                                                         os.environ.get("PYTHONPATH")])),
         }},
     )
-    val = read_shards([p for d in tc.data_dirs for p in list_shards(Path(d) / "val")], num_cpus=sc.val_read_cpus)
+    spec = ingest_spec(cfg)
+    planner_actor(spec)  # lives as long as this driver: plans survive worker-group restarts and resizes
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=cfg.model_dump(mode="json"),
+        train_loop_config={**cfg.model_dump(mode="json"), "_ingest": spec},
         scaling_config=scaling,
         run_config=run,
-        datasets={"val": val},
+        datasets={split: rank_dataset(spec, split, 0) for split in ("train", "val")},
+        dataset_config=IngestDataConfig(spec),
     )
+
+
+def check_resume_data(run_dir: Path, spec: IngestSpec) -> None:
+    """A run resumes only on the data it was trained on: fail here, before Ray starts, with the fix named."""
+    import torch
+
+    from indextts_ray.train.export import latest_checkpoint
+    from indextts_ray.train.state import STATE_FILE
+
+    try:
+        ckpt = latest_checkpoint(run_dir)
+    except UserError:
+        return  # nothing to resume
+    # mmap: only the progress entry is read, not the weights
+    blob = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        check_same_data(blob["progress"].get("data") or None, spec)
+    except UserError as e:
+        raise UserError(f"{run_dir} (checkpoint {ckpt.name}): {e}") from None
 
 
 def run_training(cfg: Config):
@@ -115,10 +157,15 @@ def run_training(cfg: Config):
         log.info("%s finished at step %d with this config: nothing to do (change e.g. train.max_steps or "
                  "train.epochs to train on)", run_dir, finished["step"])
         return None
+    check_resume_data(run_dir, ingest_spec(cfg))
     if not ray.is_initialized():
         from indextts_ray.ray_connect import connect
 
         connect(log_to_driver=True)  # RAY_ADDRESS, a live `ray start` cluster, or a local Ray; never a stale one
-    result = build_trainer(cfg).fit()
+    trainer = build_trainer(cfg)
+    try:
+        result = trainer.fit()
+    finally:
+        release_planner(trainer.train_loop_config["_ingest"])
     log.info("stage %d finished: %s", cfg.train.stage, result.checkpoint.path if result.checkpoint else "no checkpoint")
     return result

@@ -94,7 +94,7 @@ class TuneConfig(StrictModel):
     perturbation_interval: int = Field(200, gt=0, description="PBT/PB2: steps between exploit/explore")
     max_concurrent_trials: int = Field(1, ge=1, description="trials at once (each holds its train workers)")
     trial_cpus: float = Field(0.1, ge=0, description="CPU of the trial process itself (its workers reserve "
-                              "train.scaling; validation reads take train.scaling.val_read_cpus)")
+                              "train.scaling; the ingest fetch tasks take train.scaling.ingest_cpus)")
     poll_seconds: float = Field(2.0, gt=0, description="how often a trial reads its run's metrics.jsonl")
 
     @model_validator(mode="after")

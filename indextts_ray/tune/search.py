@@ -279,7 +279,7 @@ def _guard(cfg: Config, exp_dir: Path) -> None:
 def _tuner(cfg: Config, exp_dir: Path) -> tuple[tune.Tuner, bool]:
     tc = cfg.tune
     # only the trial's own process: its TorchTrainer reserves the workers, and the validation read tasks
-    # (train.scaling.val_read_cpus each) run outside both groups
+    # (train.scaling.ingest_cpus each) run outside both groups
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=cfg.model_dump(mode="json")),
                                     {"cpu": tc.trial_cpus})
     if tune.Tuner.can_restore(exp_dir):

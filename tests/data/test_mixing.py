@@ -1,7 +1,7 @@
 import json
+from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
@@ -138,30 +138,37 @@ def test_dataset_meter_token_weighted_loss():
     assert meter.metrics() == {}  # a new window
 
 
-def test_real_shards_through_one_index(tmp_path):
-    """Two prepared datasets -> one ShardIndex -> bounds -> plan -> RowReader gives each dataset's rows."""
-    from indextts_ray.train.shards import RowReader, ShardIndex
+def test_real_shards_through_the_ingest_plan(tmp_path):
+    """Two prepared datasets -> the ingest's corpus index -> mixture plan -> fetched rows of each batch come
+    from that batch's dataset, with prompts of the same speaker and dataset."""
+    from indextts_ray.data.config import PromptConfig
+    from indextts_ray.data.ingest import CorpusIndex, make_spec, plan_split
+    from indextts_ray.data.store import RowStore, write_shard_file
     from tests.train.conftest import make_rows
 
-    files = []
     for name, n, per_shard in (("emo", 12, 5), ("general", 30, 16)):
-        (tmp_path / name / "train").mkdir(parents=True)
-        table = make_rows(n, 2, seed=len(name), prefix=f"{name}-")
-        files.append([])
-        for s, start in enumerate(range(0, n, per_shard)):
-            path = tmp_path / name / "train" / f"shard-{s:05d}.parquet"
-            pq.write_table(table.slice(start, per_shard), path, row_group_size=4)
-            files[-1].append(path)
-    index = ShardIndex([f for fs in files for f in fs])
-    bounds = dataset_bounds(index.file, [len(fs) for fs in files])
-    assert bounds.tolist() == [0, 12, 42]
+        for split, rows in (("train", n), ("val", 4)):
+            (tmp_path / name / split).mkdir(parents=True)
+            table = make_rows(rows, 2, seed=len(name), prefix=f"{name}-{split}-")
+            for s, start in enumerate(range(0, rows, per_shard)):
+                write_shard_file(table.slice(start, per_shard), tmp_path / name / split / f"shard-{s:05d}.arrow")
     cfg = MixtureConfig(datasets=[{"path": str(tmp_path / "emo"), "weight": 1},
                                   {"path": str(tmp_path / "general"), "weight": 1}])
-    plan = Mixture(cfg, index.lengths, bounds).plan(BucketingSettings(200, 3, 8, chunk=4), seed=0, epoch=0)
-    reader = RowReader(index)
-    for rows, d in zip(plan.batches, plan.dataset):
-        ids = reader.read(rows).column("id").to_pylist()
-        assert all(i.startswith(cfg.names[d] + "-") for i in ids)
+    spec = make_spec([str(tmp_path / "emo"), str(tmp_path / "general")], seed=0,
+                     bucketing=BucketingSettings(200, 3, 8, chunk=4), prompt=PromptConfig(),
+                     mixture=cfg.model_dump(mode="json"))
+    index = CorpusIndex(spec)
+    assert index.dataset_bounds.tolist() == [0, 12, 42] and index.n == 50
+    plan = plan_split(index, spec, "train", epoch=0)
+    assert set(plan.dataset.tolist()) == {0, 1}
+    store = RowStore([Path(f) for f in spec.files])
+    for j, d in enumerate(plan.dataset):
+        e = plan.entry(j)
+        ids = store.take(np.asarray(e["rows"]), ["id"]).column("id").to_pylist()
+        prompts = store.take(np.asarray(e["prompts"]), ["id"]).column("id").to_pylist()
+        assert all(i.startswith(cfg.names[d] + "-train-") for i in ids)
+        assert all(p.startswith("emo-train-") or p.startswith("general-train-") for p in prompts)
+        assert not set(ids) & set(prompts) or len(ids) > 1  # a prompt is never its own target
 
 
 def _prepared(root, tokenizer_sha: str, codebook: bytes | None):

@@ -16,10 +16,11 @@ from indextts_ray.cli import main
 from indextts_ray.commands.prepare_cmd import load_prepare_config
 from indextts_ray.data.features.base import build_extractor
 from indextts_ray.data.metadata import scan_manifest, tokenize_table
-from indextts_ray.data.plan import pair_table, split_rows
+from indextts_ray.data.plan import split_rows
 from indextts_ray.data.prepare import prepare_dataset
-from indextts_ray.data.schema import SHARD_SCHEMA, decode_feats, schema_version_of
+from indextts_ray.data.schema import UTTERANCE_SCHEMA, decode_feats, schema_version_of
 from indextts_ray.data.shards import ShardContext, build_rows
+from indextts_ray.data.store import read_schema, read_table
 from indextts_ray.data.tokenizer import load_tokenizer
 from indextts_ray.errors import DataError
 from tests.data.tiny_corpus import make_messy_corpus, tone, write_wav
@@ -56,12 +57,12 @@ def prepared(corpus, tmp_path_factory, ray_local) -> Path:
 
 
 def _digests(out: Path) -> dict[str, str]:
-    files = sorted(out.glob("*/shard-*.parquet")) + [out / "rejected.parquet", out / "bpe.model"]
+    files = sorted(out.glob("*/shard-*.arrow")) + [out / "rejected.parquet", out / "bpe.model"]
     return {str(f.relative_to(out)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
 def _shards(out: Path) -> list[dict]:
-    return [r for f in sorted(out.glob("*/shard-*.parquet")) for r in pq.read_table(f).to_pylist()]
+    return [r for f in sorted(out.glob("*/shard-*.arrow")) for r in read_table(f).to_pylist()]
 
 
 def test_every_rejection_reason_is_recorded(prepared, corpus):
@@ -82,11 +83,12 @@ def test_rows_in_equal_written_plus_rejected(prepared, corpus):
     stats = json.loads((prepared / "stats.json").read_text())
     assert stats["rows_in"] == n_rows
     assert stats["rows_rejected"] == len(expected)
-    assert stats["rows_out"] == n_rows - len(expected) == 18 + 4  # synthetic rows + the four fixed "x_" rows
-    assert stats["rows_out"] == sum(len(pq.read_table(f)) for f in prepared.glob("*/shard-*.parquet"))
+    assert stats["rows_out"] == n_rows - len(expected) == 18 + 4 + 2  # synthetic + four fixed "x_" + two "p_" rows
+    assert stats["rows_out"] == sum(len(read_table(f)) for f in prepared.glob("*/shard-*.arrow"))
     assert (stats["resampled"], stats["downmixed"], stats["language_detected"], stats["blank_lines"]) == (1, 1, 1, 1)
-    assert stats["pairing"]["single_utterance_speaker_names"] == ["lonely"]
-    assert stats["prompt_fallbacks"] >= 1  # p_fragile tried its silent partner
+    # prompts are drawn at training time among accepted utterances: these two speakers have one each
+    assert stats["prompts"]["single_utterance_speaker_names"] == ["fragile", "lonely"]
+    assert stats["prompts"]["explicit_prompts"] == 1  # x_prompted
     assert sum(stats["duration_hist"]["counts"]) == stats["rows_out"]
     assert stats["code_usage"]["fraction"] > 0.5  # the builtin codebook is used, not collapsed
     shard_rows = _shards(prepared)
@@ -106,20 +108,21 @@ def test_shard_rows_follow_the_schema_and_the_rules(prepared, corpus):
         speaker_of.setdefault(row["id"], row["speaker"])
     labels = load_prepare_config(DEMO, [], "tiny").model.emotion_labels
     vocab = load_tokenizer(prepared / "bpe.model").vocab_size
-    for f in prepared.glob("*/shard-*.parquet"):
-        schema = pq.read_schema(f)
-        assert schema.equals(SHARD_SCHEMA) and schema.metadata == SHARD_SCHEMA.metadata and schema_version_of(f) == 1
-        assert len(pq.read_table(f)) <= 8
+    for f in prepared.glob("*/shard-*.arrow"):
+        schema = read_schema(f)
+        assert schema.equals(UTTERANCE_SCHEMA) and schema.metadata == UTTERANCE_SCHEMA.metadata
+        assert schema_version_of(f) == 2 and len(read_table(f)) <= 8
     rows = _shards(prepared)
     for r in rows:
-        assert r["prompt_id"] != r["id"]
-        if r["id"] == "x_prompted":
-            assert r["prompt_id"].startswith("@") and r["emo_feats"] is not None and r["emo_frames"] > 0
-            assert decode_feats(r["emo_feats"], r["emo_frames"], 32).shape == (r["emo_frames"], 32)
+        assert speaker_of[r["id"]] == r["speaker"]
+        if r["id"] == "x_prompted":  # its own prompt and emotion reference files, cut to prompt.max_seconds
+            for kind in ("prompt", "emo"):
+                frames = r[f"{kind}_frames"]
+                assert 0 < frames <= 6 * 50 and decode_feats(r[f"{kind}_feats"], frames, 32).shape == (frames, 32)
         else:
-            assert speaker_of[r["prompt_id"]] == r["speaker"] and r["emo_feats"] is None and r["emo_frames"] == 0
-        feats = decode_feats(r["prompt_feats"], r["prompt_frames"], r["feat_dim"])
-        assert feats.shape == (r["prompt_frames"], 32) and 0 < r["prompt_frames"] <= 6 * 50
+            assert r["prompt_feats"] is None and r["emo_feats"] is None and r["prompt_frames"] == r["emo_frames"] == 0
+        feats = decode_feats(r["feats"], r["n_frames"], r["feat_dim"])  # the utterance's own features, stored once
+        assert feats.shape == (r["n_frames"], 32) and abs(r["n_frames"] - 50 * r["duration"]) <= 2
         assert np.isfinite(feats.astype(np.float32)).all()
         assert r["n_codes"] == len(r["codes"]) and abs(r["n_codes"] - 50 * r["duration"]) <= 1
         assert max(r["codes"]) < 64 and min(r["codes"]) >= 0
@@ -130,19 +133,19 @@ def test_shard_rows_follow_the_schema_and_the_rules(prepared, corpus):
     # the split is the hash rule, and no id is in both
     ids = sorted(by_id)
     is_val = split_rows(ids, [by_id[i]["speaker"] for i in ids], _cfg(corpus, prepared).data.split)
-    val_ids = {r["id"] for f in prepared.glob("val/shard-*.parquet") for r in pq.read_table(f).to_pylist()}
+    val_ids = {r["id"] for f in prepared.glob("val/shard-*.arrow") for r in read_table(f, ["id"]).to_pylist()}
     assert val_ids == {i for i, v in zip(ids, is_val) if v} and 0 < len(val_ids) < len(ids)
     dataset = json.loads((prepared / "dataset.json").read_text())
     assert dataset["features"] == {"kind": "builtin", "dim": 32, "codebook_size": 64, "frame_rate": 50}
     assert dataset["tokenizer"]["path"] == "bpe.model" and dataset["tokenizer"]["vocab_size"] == vocab
     listed = [s["file"] for split in ("train", "val") for s in dataset["shards"][split]]
-    assert sorted(listed) == sorted(str(f.relative_to(prepared)) for f in prepared.glob("*/shard-*.parquet"))
+    assert sorted(listed) == sorted(str(f.relative_to(prepared)) for f in prepared.glob("*/shard-*.arrow"))
 
 
 def test_rerun_skips_finished_shards(prepared, corpus):
     before = _digests(prepared)
     result = prepare_dataset(_cfg(corpus, prepared))
-    assert result.shards_written == 0 and result.shards_skipped == len(list(prepared.glob("*/shard-*.parquet")))
+    assert result.shards_written == 0 and result.shards_skipped == len(list(prepared.glob("*/shard-*.arrow")))
     assert _digests(prepared) == before
 
 
@@ -156,10 +159,10 @@ def test_same_input_gives_the_same_bytes(prepared, corpus, tmp_path):
 def test_interrupted_run_resumes_only_unfinished_shards(prepared, corpus, tmp_path):
     out = tmp_path / "c"
     shutil.copytree(prepared, out)
-    (out / "train/shard-00001.parquet").unlink()  # killed before the rename
+    (out / "train/shard-00001.arrow").unlink()  # killed before the rename
     (out / "receipts/train-00001.json").unlink()
     (out / "receipts/train-00002.json").unlink()  # killed between the rename and the receipt
-    (out / "train/.shard-00003.parquet.x1y2.tmp").write_bytes(b"half a shard")
+    (out / "train/.shard-00003.arrow.x1y2.tmp").write_bytes(b"half a shard")
     result = prepare_dataset(_cfg(corpus, out, "data.workers=1"))
     assert result.shards_written == 2
     assert not list(out.glob("*/.*.tmp"))
@@ -168,7 +171,15 @@ def test_interrupted_run_resumes_only_unfinished_shards(prepared, corpus, tmp_pa
 
 def test_changed_config_is_refused(prepared, corpus):
     with pytest.raises(DataError, match="another config/manifest/tokenizer.*--restart"):
-        prepare_dataset(_cfg(corpus, prepared, "data.prompt.seed=1"))
+        prepare_dataset(_cfg(corpus, prepared, "data.split.seed=1"))
+
+
+def test_changed_prompt_policy_extracts_nothing(prepared, corpus):
+    """Prompts are drawn at training time: a new prompt policy reuses every shard as it is."""
+    before = _digests(prepared)
+    result = prepare_dataset(_cfg(corpus, prepared, "data.prompt.same_emotion=require", "data.prompt.seed=7",
+                                  "data.prompt.single_utterance=self"))
+    assert result.shards_written == 0 and _digests(prepared) == before
 
 
 def test_missing_manifest_is_a_one_line_user_error(tmp_path, capsys):
@@ -205,7 +216,6 @@ def test_precomputed_codes_are_used_and_checked(prepared, corpus, tmp_path):
     assert scan.format == "indextts_precomputed" and scan.ignored_fields == {"condition_path": 5, "text_len": 5}
     assert [(r["id"], r["reason"]) for r in scan.rejected] == [("u_missing", "bad_codes")]
     tokenize_table(scan, load_tokenizer(prepared / "bpe.model"), 120)
-    pair_table(scan, cfg.data)
     ex = build_extractor(cfg.data.features, prepared / "features")
     ctx = ShardContext(cfg.data, str(tmp_path), str(prepared / "features"), "fp", 400, 32, 64)
     table, rejected, stats = build_rows(scan.table, ex, ctx)
@@ -226,7 +236,7 @@ def test_restart_deletes_only_this_steps_outputs(tmp_path):
 
     out = tmp_path / "o"
     (out / "train").mkdir(parents=True)
-    (out / "train/shard-00000.parquet").write_bytes(b"x")
+    (out / "train/shard-00000.arrow").write_bytes(b"x")
     (out / "plan.json").write_text(json.dumps({"fingerprint": "old"}))
     (out / "dataset.json").write_text("{}")
     (out / "notes.txt").write_text("mine")
@@ -237,13 +247,22 @@ def test_restart_deletes_only_this_steps_outputs(tmp_path):
     assert json.loads((out / "plan.json").read_text())["fingerprint"] == "new"
 
 
-def test_read_shards_gives_every_row_once_with_under_one_cpu_free(prepared):
-    """Inside training the workers hold fractions of every CPU: the read must not wait for a whole free one."""
+def test_ingest_stream_serves_the_plan_in_order_with_under_one_cpu_free(prepared):
+    """Inside training the workers hold fractions of every CPU: the stream must not wait for a whole free one.
+    A rank's stream serves exactly its cursor's plan entries, in order, each target with a prompt of its speaker."""
     from concurrent.futures import ThreadPoolExecutor
 
     import ray
 
-    from indextts_ray.data.shards import read_shards
+    from indextts_ray.data.bucketing import BucketingSettings
+    from indextts_ray.data.config import PromptConfig
+    from indextts_ray.data.ingest import (
+        make_spec,
+        micro_batches,
+        planner_actor,
+        rank_dataset,
+        release_planner,
+    )
 
     @ray.remote(num_cpus=1.5)  # of the session's 2
     class Holder:
@@ -252,13 +271,31 @@ def test_read_shards_gives_every_row_once_with_under_one_cpu_free(prepared):
 
     holder = Holder.remote()
     ray.get(holder.ready.remote())
-    files = sorted(prepared.glob("*/shard-*.parquet"))
+    spec = make_spec([str(prepared)], seed=0, bucketing=BucketingSettings(400, 8, 64),
+                     prompt=PromptConfig(single_utterance="self"), fetch_cpus=0.1, run_key="stream-test")
+    planner = planner_actor(spec)
     pool = ThreadPoolExecutor(1)  # no `with`: its exit would wait for a hung read forever
     try:
-        ds = read_shards(files + files[:1], num_cpus=0.1)  # a path given twice is read once
-        batches = pool.submit(lambda: list(ds.iter_batches(batch_format="pyarrow"))).result(timeout=120)
+        n = ray.get(planner.n_entries.remote("train", 1))
+        cursor = list(range(n - 1, -1, -1))  # any order: the stream follows the cursor
+        ray.get(planner.set_cursor.remote("train", 0, 1, cursor))
+        it = rank_dataset(spec, "train", 0).iterator()
+        tables = pool.submit(lambda: list(micro_batches(it))).result(timeout=120)
     finally:
         pool.shutdown(wait=False)
         ray.kill(holder)
-    ids = [i for b in batches for i in b.column("id").to_pylist()]
-    assert sorted(ids) == sorted(r["id"] for r in _shards(prepared))
+        release_planner(spec)
+    assert [t.column("entry")[0].as_py() for t in tables] == cursor
+    rows = [r for t in tables for r in t.to_pylist()]
+    train = {r["id"]: r for r in read_table_rows(prepared, "train")}
+    assert sorted(r["id"] for r in rows) == sorted(train)  # every train row once (singles prompt themselves)
+    for r in rows:
+        if r["prompt_id"] == "@" + r["id"]:  # its own prompt_audio_path, stored with the row
+            assert train[r["id"]]["prompt_feats"] == r["prompt_feats"]
+        elif r["prompt_id"] != r["id"]:
+            assert r["prompt_id"] in train and train[r["prompt_id"]]["speaker"] == r["speaker"]
+        assert r["prompt_frames"] <= spec.max_prompt_frames and len(r["prompt_feats"]) == 2 * 32 * r["prompt_frames"]
+
+
+def read_table_rows(prepared: Path, split: str) -> list[dict]:
+    return [r for f in sorted(prepared.glob(f"{split}/shard-*.arrow")) for r in read_table(f).to_pylist()]

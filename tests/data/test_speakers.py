@@ -10,6 +10,7 @@ import pytest
 
 from indextts_ray.cli import main
 from indextts_ray.data.speakers import build_speaker_mapping, load_speaker_mapping, save_speaker_mapping
+from indextts_ray.data.store import write_shard_file
 from indextts_ray.errors import DataError
 
 # speaker s{i} has 1000 // (i + 1) samples (Zipf-like), plus two speakers tied at 60 and an integer speaker 7
@@ -55,7 +56,7 @@ def test_shards_same_numbers_and_roundtrip(tmp_path):
     for i, (split, part) in enumerate((("train", rows[:4000]), ("train", rows[4000:6000]), ("val", rows[6000:]))):
         (tmp_path / split).mkdir(exist_ok=True)
         table = pa.table({"id": [r["id"] for r in part], "speaker": [str(r["speaker"]) for r in part]})
-        pq.write_table(table, tmp_path / split / f"shard-{i:05d}.parquet", row_group_size=500)
+        write_shard_file(table, tmp_path / split / f"shard-{i:05d}.arrow")
     sm = build_speaker_mapping(tmp_path, top_k=20, min_samples=50)
     _check(sm, {})
     out = save_speaker_mapping(sm, tmp_path / "speaker_mapping.json")
@@ -82,9 +83,12 @@ def test_cli_prints_summary_and_writes(manifest, tmp_path, capsys):
 def test_errors_are_one_line_data_errors(tmp_path):
     with pytest.raises(DataError, match="no shard-"):
         build_speaker_mapping(tmp_path)
-    pq.write_table(pa.table({"id": ["a"]}), tmp_path / "shard-00000.parquet")
+    write_shard_file(pa.table({"id": ["a"]}), tmp_path / "shard-00000.arrow")
     with pytest.raises(DataError, match="column 'speaker'"):
         build_speaker_mapping(tmp_path)
+    pq.write_table(pa.table({"id": ["a"]}), tmp_path / "old.parquet")  # a single Parquet file is still read
+    with pytest.raises(DataError, match="column 'speaker'"):
+        build_speaker_mapping(tmp_path / "old.parquet")
     bad = tmp_path / "m.json"
     bad.write_text(json.dumps({"mapping": {"a": 0, "b": 2}}))
     with pytest.raises(DataError, match="not 0..1"):

@@ -32,4 +32,4 @@ def test_tiny_run(bench, tmp_path, capsys):
     assert "accepted 2,994, rejected 6" in text  # 6 rows broken on purpose, all rejected
     assert "speakers with >= 50      15" in text
     stages = {s["stage"]: s for s in json.loads(out.read_text())}
-    assert stages["speakers (shards)"]["rows"] == stages["pair + plan + shard"]["rows"] > 2900
+    assert stages["speakers (shards)"]["rows"] == stages["plan + shard"]["rows"] > 2900

@@ -109,13 +109,14 @@ def make_messy_corpus(root: Path) -> tuple[Path, dict[str, str], int]:
         ("a_many_codes", "too_many_codes", row("a_many_codes", good("a_many_codes", 9.0), "bad", duration=9.0)),
         ("a_bad_prompt", "bad_prompt_audio",
          row("a_bad_prompt", good("a_bad_prompt"), "bad", prompt_audio_path="wavs/misc/corrupt.wav")),
-        # pairing: alone, or only a silent partner
-        ("p_lonely", "single_utterance_speaker", row("p_lonely", good("p_lonely"), "lonely")),
-        ("p_fragile", "no_valid_prompt", row("p_fragile", good("p_fragile"), "fragile")),
+        # a speaker whose only other utterance is silent: that one is rejected, p_fragile is kept (prompts are
+        # drawn at training time among accepted utterances; prepare reports single-utterance speakers)
         ("p_fragile_silent", "silent", row("p_fragile_silent", "wavs/misc/silent.wav", "fragile")),
     ]:
         rows.append(r)
         expected[rid] = reason
+    rows.append(row("p_lonely", good("p_lonely"), "lonely"))  # alone in the manifest: kept, reported
+    rows.append(row("p_fragile", good("p_fragile"), "fragile"))
     if os.geteuid() != 0:  # root reads any file: the permission check cannot be exercised as root
         good("a_noperm")
         os.chmod(w / "a_noperm.wav", 0)

@@ -2,12 +2,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from indextts_ray.config import load_config
-from indextts_ray.data.schema import SHARD_SCHEMA
+from indextts_ray.data.schema import UTTERANCE_SCHEMA
+from indextts_ray.data.store import write_shard_file
 from indextts_ray.model.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def write_emotion_dataset(root: Path, per_cell: tuple[int, int] = (4, 2)) -> Pat
     timbre, but trivially: each text piece t gives the codes (t % 40, 40 + emotion, 48 + speaker).
 
     `per_cell` = rows per (speaker, emotion) in train and val. Texts come from a set of 12 shared by every
-    speaker and emotion, and a row's speaker prompt is another utterance of its speaker with a random emotion;
+    speaker and emotion, and a row's speaker prompt is drawn by the ingest among its speaker's utterances (any emotion);
     its emotion reference (`emo_feats`) has its own emotion. So a model trained on it can only learn the emotion
     from the emotion path (not by memorising which text went with which emotion).
     """
@@ -64,13 +64,13 @@ def write_emotion_dataset(root: Path, per_cell: tuple[int, int] = (4, 2)) -> Pat
         for i, (s, e) in enumerate(cells):
             t = texts[int(rng.integers(len(texts)))]
             codes = np.stack([t % 40, np.full_like(t, 40 + e), np.full_like(t, 48 + s)], 1).reshape(-1)
-            p = int(rng.choice([j for j, c in enumerate(cells) if c[0] == s and j != i]))
+            _ = rng.choice([j for j, c in enumerate(cells) if c[0] == s and j != i])  # keeps the RNG stream
             r = int(rng.choice([j for j, c in enumerate(cells) if c == (s, e) and j != i]))
             rows.append({"id": ids[i], "speaker": f"spk{s}", "language": "en", "emotion": labels[e], "emotion_id": e,
                          "text": "x", "text_norm": "x", "text_ids": t.tolist(), "n_text": len(t), "codes": codes.tolist(),
-                         "n_codes": len(codes), "duration": len(codes) / 50, "prompt_id": ids[p],
-                         "prompt_feats": feats[p].tobytes(), "prompt_frames": len(feats[p]), "feat_dim": 32,
+                         "n_codes": len(codes), "duration": len(codes) / 50, "feats": feats[i].tobytes(),
+                         "n_frames": len(feats[i]), "feat_dim": 32, "prompt_feats": None, "prompt_frames": 0,
                          "emo_feats": feats[r].tobytes(), "emo_frames": len(feats[r])})
         (root / split).mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), root / split / "shard-00000.parquet")
+        write_shard_file(pa.Table.from_pylist(rows, schema=UTTERANCE_SCHEMA), root / split / "shard-00000.arrow")
     return root

@@ -6,13 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from indextts_ray.data.bucketing import BucketingSettings, plan_epoch
-from indextts_ray.train.shards import ShardIndex, list_shards
 from indextts_ray.train.tracking import read_metrics
-from tests.train.test_train_ray import consumed_ids, stage_cfg
+from tests.train.test_train_ray import consumed_ids, planned_ids, stage_cfg
 
 pytestmark = pytest.mark.slow  # ~2-3 min: a simulated 2-node cluster, a node removal and a group restart
 
@@ -42,9 +39,5 @@ def test_node_loss_keeps_global_batch_order_and_losses(tiny_dataset, ray_local, 
     for s in steps:  # same batches per step, same weights: only float summation order differs
         assert m[s]["mel_loss"] == pytest.approx(ref[s]["mel_loss"], rel=2e-3), s
 
-    index = ShardIndex(list_shards(tiny_dataset / "train"))
-    settings = BucketingSettings(400, 32, 256)
     for epoch, ids in consumed_ids(run_dir).items():
-        plan = plan_epoch(index.lengths, settings, ref_cfg.run.seed, epoch)
-        planned = np.concatenate(plan[: len(plan) // 2 * 2])
-        assert sorted(ids) == sorted(index.ids[planned].tolist()), epoch
+        assert sorted(ids) == sorted(planned_ids(ref_cfg, epoch)), epoch

@@ -3,11 +3,11 @@
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from indextts_ray.config import load_config
+from indextts_ray.data.store import write_shard_file
 from indextts_ray.train.export import export_run, latest_checkpoint
 from indextts_ray.train.state import STATE_FILE
 from indextts_ray.train.tracking import read_metrics
@@ -19,8 +19,7 @@ from tests.train.test_train_ray import FAST, REPO, stage_cfg
 def _dataset(root: Path, prefix: str, n_train: int, seed: int) -> Path:
     for split, n, s in (("train", n_train, seed), ("val", 8, seed + 100)):
         (root / split).mkdir(parents=True)
-        pq.write_table(make_rows(n, 4, s, prefix=f"{prefix}-{split}-"), root / split / "shard-00000.parquet",
-                       row_group_size=16)
+        write_shard_file(make_rows(n, 4, s, prefix=f"{prefix}-{split}-"), root / split / "shard-00000.arrow")
     (root / "dataset.json").write_text(json.dumps({"schema_version": 1}))
     return root
 

@@ -21,14 +21,14 @@ from indextts_ray.model.checkpoint_io import export_checkpoint
 from indextts_ray.model.config import LossWeights
 from indextts_ray.model.training import TrainingModel
 from indextts_ray.model.unifiedvoice import UnifiedVoice
-from indextts_ray.train.collate import collate
+from indextts_ray.train.collate import collate, to_device
 from indextts_ray.train.config import TrainConfig
 from indextts_ray.train.ema import EMA, EMAConfig, load_ema_weights
 from indextts_ray.train.export import model_from_checkpoint
 from indextts_ray.train.loop import freeze_modules, lr_factor, make_optimizer
 from indextts_ray.train.sharding import grad_sync, local, shard_model
 from indextts_ray.train.state import STATE_FILE, Progress, gather_state, load_state, save_state, step_seed
-from tests.train.conftest import make_rows
+from tests.train.conftest import make_batch_rows
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD, ACCUM, STEPS, ROWS = 2, 2, 3, 3  # rows per micro-batch
@@ -42,12 +42,12 @@ def _tc() -> TrainConfig:
 
 def _batches(rank: int) -> list[list[dict]]:
     """[step][micro] batches of this rank: different rows on every rank, micro-step and step."""
-    table = make_rows(WORLD * ACCUM * STEPS * ROWS, 4, seed=3, prefix="r")
+    table = make_batch_rows(WORLD * ACCUM * STEPS * ROWS, 4, seed=3, prefix="r")
     mapping = {f"spk{i}": i for i in range(4)}
     out = []
     for s in range(STEPS):
         first = [((s * WORLD + rank) * ACCUM + k) * ROWS for k in range(ACCUM)]
-        out.append([collate(table.slice(i, ROWS), mapping) for i in first])
+        out.append([to_device(collate(table.slice(i, ROWS), mapping), torch.device("cpu")) for i in first])
     return out
 
 
