@@ -1,18 +1,74 @@
 """Linear probes: how well a logistic regression recovers a label (speaker, emotion) from a vector.
 
 A probe standardises the features, fits `LogisticRegression` on a seeded stratified split and reports test
-accuracy next to its chance level: the accuracy of always answering the training split's majority class.
-Classes with fewer than `min_per_class` examples are left out (they cannot be on both sides of the split);
-with fewer than two classes left there is nothing to probe and the result is None.
+accuracy next to its chance level: the accuracy of always answering the training split's majority class,
+and its Wilson interval at 2 standard errors (`wilson_interval`). Classes with fewer than `min_per_class`
+examples are left out (they cannot be on both sides of the split); with fewer than two classes left there is
+nothing to probe and the result is None.
+
+How many test examples a verdict needs (`n_to_separate`): a test set of n examples can tell two accuracies a and
+b apart when their Wilson intervals on n examples (z = 2) do not overlap. A goal check ("≥ 85 %") is judged
+only when its test set can tell the goal from chance; otherwise a measured 3/4 or 4/4 says nothing.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+Z = 2.0  # "2 standard errors": intervals and the n-needed rule (a two-sided 95.4 % interval)
+MAX_N = 10**7  # n_to_separate gives up beyond this (levels that close cannot be told apart in practice)
+
+
+def wilson_interval(p: float, n: int, z: float = Z) -> tuple[float, float]:
+    """Wilson score interval of an accuracy p measured on n examples; (0, 1) for n = 0.
+
+    Unlike p ± z·se it stays inside [0, 1] and is not empty at p = 0 or 1 (4/4 correct is not "100 % ± 0").
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    q = z * z / n
+    centre = (p + q / 2) / (1 + q)
+    half = z / (1 + q) * math.sqrt(p * (1 - p) / n + q / (4 * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def separable(a: float, b: float, n: int, z: float = Z) -> bool:
+    """Whether n examples tell accuracies a and b apart: their Wilson intervals on n examples do not overlap."""
+    lo, hi = min(a, b), max(a, b)
+    return n > 0 and wilson_interval(lo, n, z)[1] < wilson_interval(hi, n, z)[0]
+
+
+def n_to_separate(a: float, b: float, z: float = Z) -> int | None:
+    """Smallest n at which `separable(a, b, n)`; None when a == b or more than MAX_N examples would be needed.
+
+    Once reached, separation holds at every larger n (the tests check a grid of levels), so a bisection finds it.
+    """
+    if a == b or not separable(a, b, MAX_N, z):
+        return None
+    lo, hi = 0, 1  # separable(lo) is False, separable(hi) is True
+    while not separable(a, b, hi, z):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if separable(a, b, mid, z) else (mid, hi)
+    return hi
+
+
+def judge(met: bool, n: int, goal: float, chance: float, unit: str = "test clips",
+          z: float = Z) -> tuple[bool | None, str]:
+    """A goal check's verdict: (`met`, "") when n examples can tell `goal` from `chance` (`n_to_separate`),
+    else (None, "not judged: n too small (...)") with the n needed: a ✅/❌ on fewer would be a coin toss."""
+    need = n_to_separate(goal, chance, z)
+    if need is not None and n >= need:
+        return met, ""
+    why = f"{need} needed" if need is not None else f"more than {MAX_N:,} needed"
+    return None, (f"not judged: n too small ({n} {unit}, {why} to tell {100 * goal:.1f} % from "
+                  f"{100 * chance:.1f} % at {z:g} s.e.)")
 
 
 @dataclass
@@ -27,6 +83,11 @@ class ProbeResult:
     per_class: dict[str, float]  # accuracy on each label's test examples
     confusion: list[list[int]]
     dropped_classes: int  # classes with fewer than min_per_class examples
+    interval: tuple[float, float] = (0.0, 1.0)  # Wilson interval of `accuracy` on n_test, z = Z
+
+    def class_counts(self) -> dict[str, int]:
+        """Test examples of each label (the confusion matrix's row sums)."""
+        return {c: int(sum(row)) for c, row in zip(self.labels, self.confusion)}
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -68,8 +129,9 @@ def score_predictions(pred: Sequence[str], y_true: Sequence[str], labels: Sequen
 
     pred, y_true = np.asarray(pred, dtype=object), np.asarray(y_true, dtype=object)
     labels = list(labels)
+    accuracy = float(np.mean(pred == y_true)) if len(y_true) else float("nan")
     return ProbeResult(
-        accuracy=float(np.mean(pred == y_true)) if len(y_true) else float("nan"),
+        accuracy=accuracy,
         chance=chance,
         n_train=n_train,
         n_test=len(y_true),
@@ -77,6 +139,7 @@ def score_predictions(pred: Sequence[str], y_true: Sequence[str], labels: Sequen
         per_class={c: float(np.mean(pred[y_true == c] == c)) for c in labels if np.any(y_true == c)},
         confusion=confusion_matrix(y_true, pred, labels=labels).tolist(),
         dropped_classes=dropped_classes,
+        interval=wilson_interval(accuracy, len(y_true)) if len(y_true) else (0.0, 1.0),
     )
 
 
