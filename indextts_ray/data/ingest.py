@@ -35,7 +35,7 @@ from indextts_ray.data.bucketing import BucketingSettings, plan_epoch
 from indextts_ray.data.config import PromptConfig
 from indextts_ray.data.features.base import FRAME_RATE
 from indextts_ray.data.pairing import column_codes
-from indextts_ray.data.prompts import REASONS, crop_starts, draw_prompts
+from indextts_ray.data.prompts import REASONS, crop_starts, draw_prompts, row_hash
 from indextts_ray.data.schema import BATCH_SCHEMA
 from indextts_ray.data.store import RowStore, list_shards, read_table, row_counts
 from indextts_ray.errors import DataError
@@ -47,6 +47,7 @@ TARGET_COLUMNS = ["id", "speaker", "language", "emotion", "emotion_id", "text", 
                   "codes", "n_codes", "duration", "prompt_feats", "prompt_frames", "emo_feats", "emo_frames"]
 PROMPT_COLUMNS = ["id", "emotion_id", "feats", "n_frames", "feat_dim"]
 ENTRIES_PER_BLOCK = 8  # plan entries per block of the entry stream (each becomes one fetch call)
+EMOTION_REFERENCES = ("prompt", "target", "target_crop")  # train.emotion_reference (see `emotion_reference`)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class IngestSpec:
     mixture: dict | None = None  # MixtureConfig as JSON
     fetch_cpus: float = 0.25
     name: str = field(default="")  # planner actor name
+    emotion_reference: str = "prompt"  # EMOTION_REFERENCES: which clip fills emo_feats
 
     @property
     def n_train_rows(self) -> int:
@@ -73,8 +75,10 @@ class IngestSpec:
 
 def make_spec(data_dirs: list[str], *, seed: int, bucketing: BucketingSettings, prompt: PromptConfig,
               keep_speakers: list[str] | None = None, mixture: dict | None = None, fetch_cpus: float = 0.25,
-              run_key: str = "") -> IngestSpec:
+              run_key: str = "", emotion_reference: str = "prompt") -> IngestSpec:
     """Resolve the shard files (footers only) of `data_dirs` into a spec."""
+    if emotion_reference not in EMOTION_REFERENCES:
+        raise ValueError(f"emotion_reference must be one of {', '.join(EMOTION_REFERENCES)}; got {emotion_reference!r}")
     train = [list_shards(Path(d) / "train") for d in data_dirs]
     val = [f for d in data_dirs for f in list_shards(Path(d) / "val")]
     files = [f for fs in train for f in fs] + val
@@ -83,7 +87,8 @@ def make_spec(data_dirs: list[str], *, seed: int, bucketing: BucketingSettings, 
     return IngestSpec(tuple(str(d) for d in data_dirs), tuple(str(f) for f in files), tuple(int(c) for c in counts),
                       tuple(len(fs) for fs in train), seed, bucketing, prompt,
                       max(1, int(round(prompt.max_seconds * FRAME_RATE))),
-                      tuple(sorted(keep_speakers)) if keep_speakers is not None else None, mixture, fetch_cpus, name)
+                      tuple(sorted(keep_speakers)) if keep_speakers is not None else None, mixture, fetch_cpus, name,
+                      emotion_reference)
 
 
 # ----------------------------------------------------------------------------- the plan (pure functions)
@@ -288,14 +293,45 @@ def _store(spec: IngestSpec) -> RowStore:
     return _STORES[spec.name]
 
 
-def fetch_entries(entries: pa.Table, store: RowStore, max_prompt_frames: int) -> pa.Table:
-    """Plan entries -> batch rows (`BATCH_SCHEMA`): each target with its prompt's cropped features."""
+def fetch_entries(entries: pa.Table, store: RowStore, max_prompt_frames: int, emotion_reference: str = "prompt",
+                  seed: int = 0) -> pa.Table:
+    """Plan entries -> batch rows (`BATCH_SCHEMA`): each target with its prompt's cropped features (and, with a
+    target `emotion_reference`, the target's own features as its emotion reference)."""
     out = []
+    own = emotion_reference != "prompt"
     for e in entries.to_pylist():
-        targets = store.take(np.asarray(e["rows"], dtype=np.int64), TARGET_COLUMNS)
+        rows = np.asarray(e["rows"], dtype=np.int64)
+        targets = store.take(rows, TARGET_COLUMNS + (["feats", "n_frames"] if own else []))
         prompts = store.take(np.asarray(e["prompts"], dtype=np.int64), PROMPT_COLUMNS)
-        out.append(join_prompts(targets, prompts, e["crops"], max_prompt_frames, e["entry"], e["dataset"]))
+        table = join_prompts(targets, prompts, e["crops"], max_prompt_frames, e["entry"], e["dataset"])
+        if own:
+            table = emotion_reference_from_target(table, targets, emotion_reference, max_prompt_frames,
+                                                  row_hash(seed, e["epoch"], rows, 2))
+        out.append(table)
     return pa.concat_tables(out) if out else BATCH_SCHEMA.empty_table()
+
+
+def emotion_reference_from_target(batch: pa.Table, targets: pa.Table, mode: str, max_frames: int,
+                                  keys: np.ndarray) -> pa.Table:
+    """Batch rows with the target's own features as `emo_feats` (labelled with its emotion), except rows with
+    their own `emotion_audio_path` features. `target`: the first `max_frames` frames; `target_crop`: a window
+    of half the target (at most `max_frames`) at `keys % (spare + 1)`, so the emotion path hears the target's
+    delivery but never the whole utterance it is asked to predict."""
+    n = targets.column("n_frames").to_numpy().astype(np.int64)
+    size = np.minimum(n, max_frames) if mode == "target" else np.minimum(np.maximum(n // 2, 1), max_frames)
+    start = (np.asarray(keys, np.uint64) % (n - size + 1).astype(np.uint64)).astype(np.int64) \
+        if mode == "target_crop" else np.zeros(len(n), np.int64)
+    dims = batch.column("feat_dim").to_numpy()  # a target's features have its prompt's dim (one extractor)
+    has_file = np.asarray([b is not None for b in batch.column("emo_feats").to_pylist()], dtype=bool)
+    feats = [f if keep else blob[2 * int(d) * int(a): 2 * int(d) * int(a + k)]  # float16: 2 bytes per value
+             for f, keep, blob, d, a, k in zip(batch.column("emo_feats").to_pylist(), has_file,
+                                               targets.column("feats").to_pylist(), dims, start, size)]
+    frames = np.where(has_file, batch.column("emo_frames").to_numpy(), size).astype(np.int32)
+    label = np.where(has_file, -1, targets.column("emotion_id").to_numpy()).astype(np.int16)
+    for name, col in (("emo_feats", pa.array(feats, pa.binary())), ("emo_frames", pa.array(frames)),
+                      ("emo_emotion_id", pa.array(label))):
+        batch = batch.set_column(batch.schema.get_field_index(name), name, col)
+    return batch
 
 
 def join_prompts(targets: pa.Table, prompts: pa.Table, crops: list[int], max_frames: int, entry: int,
@@ -331,12 +367,13 @@ def join_prompts(targets: pa.Table, prompts: pa.Table, crops: list[int], max_fra
         "feat_dim": pa.array(dims, pa.int32()),
         "emo_feats": targets.column("emo_feats"),
         "emo_frames": targets.column("emo_frames"),
+        "emo_emotion_id": pa.array(np.full(n, -1, dtype=np.int16)),  # emotion_audio_path files: unknown emotion
     }
     return pa.table(cols, schema=BATCH_SCHEMA)
 
 
 def _fetch_stage(entries: pa.Table, spec: IngestSpec) -> pa.Table:
-    return fetch_entries(entries, _store(spec), spec.max_prompt_frames)
+    return fetch_entries(entries, _store(spec), spec.max_prompt_frames, spec.emotion_reference, spec.seed)
 
 
 def rank_dataset(spec: IngestSpec, split: str, rank: int):
@@ -398,7 +435,8 @@ def prompted_rows(spec: IngestSpec, split: str, epoch: int, max_items: int | Non
     store = RowStore([Path(f) for f in spec.files], np.asarray(spec.counts))
     entry = {"entry": 0, "dataset": 0, "rows": plan.targets[pick].tolist(), "prompts": plan.prompt[pick].tolist(),
              "crops": plan.crop[pick].tolist(), "epoch": epoch}
-    return fetch_entries(pa.Table.from_pylist([entry], schema=_ENTRY_SCHEMA), store, spec.max_prompt_frames)
+    return fetch_entries(pa.Table.from_pylist([entry], schema=_ENTRY_SCHEMA), store, spec.max_prompt_frames,
+                         spec.emotion_reference, spec.seed)
 
 
 def heldout_rows(spec: IngestSpec, max_items: int, seed: int = 0) -> pa.Table:

@@ -14,7 +14,8 @@ A stored row is one accepted utterance, its features kept once (whatever it is u
 Prompts are not stored: the ingest draws one per target and epoch (`data/prompts.py`) and joins its
 features in the stream. A batch row (what the fetch stage emits and `collate` reads) is one (prompt,
 target) example: the target's columns plus `prompt_id`, `prompt_emotion_id` and the prompt's cropped
-`prompt_feats`/`prompt_frames` (and `entry`, the plan index of its micro-batch).
+`prompt_feats`/`prompt_frames` (and `entry`, the plan index of its micro-batch); `emo_feats` holds the
+emotion reference when it is not the prompt (`train.emotion_reference`, or the row's `emotion_audio_path`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ BATCH_SCHEMA = pa.schema(
         pa.field("prompt_frames", pa.int32(), nullable=False),
         pa.field("feat_dim", pa.int32(), nullable=False),
         *_EMO_FIELDS,
+        # emotion label of the clip in emo_feats (the target's own with train.emotion_reference=target*; -1 for
+        # an emotion_audio_path file, whose emotion is unknown)
+        pa.field("emo_emotion_id", pa.int16(), nullable=False),
     ],
     metadata=_META,
 )

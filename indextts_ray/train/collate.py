@@ -35,8 +35,11 @@ def _pad_feats(blobs: list[bytes | None], frames: np.ndarray, dim: int) -> np.nd
 def collate(table: pa.Table, speaker_to_id: dict[str, int] | None = None) -> dict:
     """Build the model batch. `emo_feats` is included only when some row has its own emotion reference.
 
-    `emotion_ids` label the clip the emotion vector comes from: the prompt (`prompt_emotion_id`); rows with a
-    separate emotion reference are unlabelled (ignored by the emotion losses).
+    Which audio the emotion conditioner hears (`train.emotion_reference`, filled in by the ingest):
+    `prompt` = the speaker prompt's features (the batch has no `emo_feats`), `target` / `target_crop` = the
+    target's own features / a window of them (in `emo_feats`); a row's `emotion_audio_path` file always wins.
+    `emotion_ids` label that clip: the prompt's emotion (`prompt_emotion_id`) or the emotion reference's
+    (`emo_emotion_id`: the target's, -1 for a file); unknown ones are ignored by the emotion losses.
     """
     text, text_len = _pad_lists(table.column("text_ids"))
     codes, code_len = _pad_lists(table.column("codes"))
@@ -59,8 +62,8 @@ def collate(table: pa.Table, speaker_to_id: dict[str, int] | None = None) -> dic
         frames = np.where(has_emo, e_frames, p_frames)
         batch["emo_feats"] = torch.from_numpy(_pad_feats(blobs, frames, dim))
         batch["emo_lengths"] = torch.from_numpy(frames.astype(np.int64))
-    emo = table.column("prompt_emotion_id").to_numpy().astype(np.int64)
-    emo = np.where(has_emo | (emo < 0), IGNORE, emo)
+    emo = np.where(has_emo, table.column("emo_emotion_id").to_numpy(), table.column("prompt_emotion_id").to_numpy())
+    emo = np.where(emo < 0, IGNORE, emo).astype(np.int64)
     batch["emotion_ids"] = torch.from_numpy(emo)
     if speaker_to_id is not None:
         spk = [speaker_to_id.get(s, IGNORE) for s in table.column("speaker").to_pylist()]
