@@ -27,16 +27,23 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from indextts_ray.data.ingest import utterance_clips
-from indextts_ray.data.store import list_shards, read_table
 from indextts_ray.errors import DataError
 from indextts_ray.eval.codeclf import TrainedCodeClassifier, train_code_classifier
 from indextts_ray.eval.generate import build_conditioning, generate_codes, label_emovec, resolve_emovec
-from indextts_ray.eval.heldout import feats_batch, sample_rows
-from indextts_ray.eval.probes import ProbeResult, score_predictions
+from indextts_ray.eval.heldout import (
+    MAX_CLIP_FRAMES,
+    UTTERANCE_COLUMNS,
+    feats_batch,
+    light_rows,
+    row_picks,
+    sample_rows,
+    split_files,
+    take_rows,
+)
+from indextts_ray.eval.probes import ProbeResult, judge, score_predictions
 from indextts_ray.eval.sanity import DEFAULT_SETTINGS
 from indextts_ray.model.heads import EmotionTable
 from indextts_ray.model.unifiedvoice import UnifiedVoice
@@ -46,9 +53,6 @@ MODE_TITLES = {"label": "emotion label (table)", "reference": "reference clip of
 NEUTRAL = "neutral"
 JUDGE_TARGET = 0.90  # the emotion judge must reach this on real codes before generated accuracy is judged
 CONTROL_TARGET = 0.85  # per-emotion accuracy on generated codes
-LIGHT_COLUMNS = ["id", "speaker", "emotion_id"]
-CLIP_COLUMNS = ["id", "speaker", "feats", "n_frames", "feat_dim", "emotion_id"]
-MAX_CLIP_FRAMES = 750  # 15 s at 50 Hz: IndexTTS2 cuts prompts there
 
 
 @dataclass(frozen=True)
@@ -127,8 +131,14 @@ class EmotionControlSetup:
 
     @property
     def judged(self) -> bool:
-        """Whether the emotion judge is good enough on real codes for the generated accuracy to be judged."""
-        return self.emotion_judge.heldout.accuracy >= JUDGE_TARGET
+        """Whether the emotion judge is good enough on real codes for the generated accuracy to be judged: it
+        reaches JUDGE_TARGET on a test set large enough to tell JUDGE_TARGET from its chance (`probes.judge`)."""
+        return self.judge_verdict()[0] is True
+
+    def judge_verdict(self) -> tuple[bool | None, str]:
+        """(reaches JUDGE_TARGET, "") or (None, "not judged: n too small ...") for the emotion judge on real codes."""
+        h = self.emotion_judge.heldout
+        return judge(h.accuracy >= JUDGE_TARGET, h.n_test, JUDGE_TARGET, h.chance, unit="test rows")
 
     def to_json(self) -> dict:
         return {
@@ -143,36 +153,6 @@ class EmotionControlSetup:
         }  # fmt: skip
 
 
-def _split_files(data_dir: Path, splits: tuple[str, ...]) -> list[Path]:
-    return [f for split in splits for f in list_shards(data_dir / split)]
-
-
-def _take(files: list[Path], picks: pa.Table, columns: list[str]) -> pa.Table:
-    """`columns` of the rows (file, row) in `picks`, in the order of `picks`; reads only those columns."""
-    out = []
-    for i, f in enumerate(files):
-        mine = picks.filter(pc.equal(picks.column("file"), i))
-        if len(mine):
-            t = read_table(f, columns).take(mine.column("row"))
-            out.append(t.append_column("order", mine.column("order")))
-    return pa.concat_tables(out).sort_by("order").drop_columns(["order"])
-
-
-def _light_rows(files: list[Path]) -> pa.Table:
-    """LIGHT_COLUMNS of every row of `files`, plus its file number and row within the file."""
-    tables = []
-    for i, f in enumerate(files):
-        t = read_table(f, LIGHT_COLUMNS)
-        tables.append(t.append_column("file", pa.array(np.full(len(t), i, np.int32)))
-                       .append_column("row", pa.array(np.arange(len(t), dtype=np.int64))))
-    return pa.concat_tables(tables)
-
-
-def _picks(rows: pa.Table, index: np.ndarray) -> pa.Table:
-    return rows.select(["file", "row"]).take(pa.array(index, pa.int64())).append_column(
-        "order", pa.array(np.arange(len(index), dtype=np.int64)))
-
-
 def build_setup(data_dir: str | Path, labels: list[str], vocab: int, options: EmotionControlOptions,
                 seed: int = 0, test_fraction: float = 0.3, min_per_class: int = 3,
                 device: torch.device | str = "cpu") -> EmotionControlSetup:
@@ -184,12 +164,12 @@ def build_setup(data_dir: str | Path, labels: list[str], vocab: int, options: Em
         seed, test_fraction, min_per_class: judge splits and training, speaker/text/reference choice.
     """
     data_dir = Path(data_dir)
-    files = _split_files(data_dir, options.splits)
-    rows = _light_rows(files)
+    files = split_files(data_dir, options.splits)
+    rows = light_rows(files)
     rng = np.random.default_rng(seed)
     n = len(rows)
     sample = np.arange(n) if n <= options.max_rows else np.sort(rng.choice(n, options.max_rows, replace=False))
-    real = _take(files, _picks(rows, sample), ["codes", "speaker", "emotion_id"])
+    real = take_rows(files, row_picks(rows, sample), ["codes", "speaker", "emotion_id"])
     codes = real.column("codes").to_pylist()
     emo_ids = real.column("emotion_id").to_numpy().astype(np.int64)
     known = np.flatnonzero((emo_ids >= 0) & (emo_ids < len(labels)))
@@ -279,7 +259,7 @@ def _read_clips(files: list[Path], rows: pa.Table, chosen: list[int], clips: dic
     """The chosen utterances' own features, cut to a prompt's length (only those rows are read)."""
     if not chosen:
         return {}
-    table = utterance_clips(_take(files, _picks(rows, np.asarray(chosen)), CLIP_COLUMNS), MAX_CLIP_FRAMES)
+    table = utterance_clips(take_rows(files, row_picks(rows, np.asarray(chosen)), UTTERANCE_COLUMNS), MAX_CLIP_FRAMES)
     feats, lengths = feats_batch(table)
     emotion = dict(zip(clips["index"].tolist(), clips["emotion"].tolist()))
     return {i: Clip(table.column("prompt_id")[k].as_py(), table.column("speaker")[k].as_py(),

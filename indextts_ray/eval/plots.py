@@ -85,7 +85,8 @@ def plot_speaker_band(curves: dict[str, dict[int, dict]], band: dict[str, tuple[
 
 def plot_probe_bars(probes: dict[str, dict[str, ProbeResult | None]], titles: dict[str, str],
                     path: Path) -> Path | None:
-    """Grouped bars: probe accuracy per stage, each bar with its chance level as a black line."""
+    """Grouped bars: probe accuracy per stage with its Wilson interval (2 s.e.) as an error bar, and its chance
+    level as a black line: bars whose intervals overlap are not told apart by this test set."""
     stages = list(probes)
     keys = [k for k in titles if any(probes[s].get(k) is not None for s in stages)]
     if not keys:
@@ -95,7 +96,9 @@ def plot_probe_bars(probes: dict[str, dict[str, ProbeResult | None]], titles: di
     for i, stage in enumerate(stages):
         xs = np.arange(len(keys)) + (i - (len(stages) - 1) / 2) * width
         acc = [probes[stage][k].accuracy if probes[stage].get(k) else 0.0 for k in keys]
-        bars = ax.bar(xs, acc, width * 0.9, label=stage)
+        ci = np.array([probes[stage][k].interval if probes[stage].get(k) else (0.0, 0.0) for k in keys])  # (K, 2)
+        err = np.clip(np.stack([np.array(acc) - ci[:, 0], ci[:, 1] - np.array(acc)]), 0, None)  # (2, K)
+        bars = ax.bar(xs, acc, width * 0.9, label=stage, yerr=err, capsize=3, error_kw={"lw": 1})
         for x, k in zip(xs, keys):
             p = probes[stage].get(k)
             if p is not None:
@@ -104,7 +107,7 @@ def plot_probe_bars(probes: dict[str, dict[str, ProbeResult | None]], titles: di
     ax.plot([], [], color="black", lw=2, label="chance (majority class)")
     ax.set_xticks(np.arange(len(keys)), [titles[k] for k in keys], fontsize=9)
     ax.set_ylim(0, 1.25)  # headroom for the legend above the bars
-    ax.set_ylabel("held-out accuracy")
+    ax.set_ylabel("held-out accuracy (Wilson interval, 2 s.e.)")
     ax.legend(fontsize=8, loc="upper center", ncol=len(stages) + 1)
     return _save(fig, path)
 
@@ -167,7 +170,7 @@ def plot_clusters(emb: ClipEmbeddings, emotion_labels: list[str], title: str, pa
     _scatter(axes[0], emo_xy, emb.speakers, "emotion vector, by speaker")
     _scatter(axes[1], emo_xy, names, "emotion vector, by emotion", order=emotion_labels)
     _scatter(axes[2], spk_xy, emb.speakers, "speaker latents (mean), by speaker")
-    fig.suptitle(f"{title}: PCA of {len(emb.clip_ids)} held-out prompt clips", fontsize=10)
+    fig.suptitle(f"{title}: PCA of {len(emb.clip_ids)} probed clips", fontsize=10)
     return _save(fig, path)
 
 
