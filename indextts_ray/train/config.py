@@ -88,6 +88,9 @@ class TrainConfig(StrictModel):
     init_checkpoint: str | None = Field(None, description="official gpt.pth or an exported stage dir; None = scratch")
     speaker_mapping: str | None = Field(None, description="speaker_mapping.json; required when loss.speaker > 0")
     only_mapped_speakers: bool = Field(False, description="train on the rows whose speaker is in the mapping")
+    emotion_reference: Literal["prompt", "target", "target_crop"] = Field(
+        "prompt", description="the audio the emotion conditioner hears: the speaker prompt, the target itself, or "
+        "a seeded window of half the target (data/ingest.py); a row's emotion_audio_path file always wins")
     freeze: list[str] = Field(default_factory=list, description="UnifiedVoice sub-modules whose parameters stay fixed")
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (None = epochs)")

@@ -91,7 +91,8 @@ def ingest_spec(cfg: Config) -> IngestSpec:
                      bucketing=BucketingSettings(tc.batch.max_tokens, tc.batch.max_batch_size, tc.batch.shuffle_window),
                      prompt=cfg.data.prompt, keep_speakers=keep,
                      mixture=tc.mixture.model_dump(mode="json") if tc.mixture is not None else None,
-                     fetch_cpus=tc.scaling.ingest_cpus, run_key=str(Path(cfg.run.output_dir) / cfg.run.name))
+                     fetch_cpus=tc.scaling.ingest_cpus, run_key=str(Path(cfg.run.output_dir) / cfg.run.name),
+                     emotion_reference=tc.emotion_reference)
 
 
 def build_trainer(cfg: Config) -> TorchTrainer:

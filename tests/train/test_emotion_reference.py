@@ -108,3 +108,18 @@ def test_target_crop_is_a_seeded_window_of_half_the_target(data):
 def test_unknown_choice_is_refused(data):
     with pytest.raises(ValueError, match="emotion_reference must be one of prompt, target, target_crop"):
         batch(data, "same_emotion")
+
+
+def test_stage2_config_defaults_to_target_crop_and_reaches_the_ingest(data):
+    from indextts_ray.config import load_config
+    from indextts_ray.errors import ConfigError
+    from indextts_ray.train.trainer import ingest_spec
+    from tests.conftest import REPO
+
+    stage2 = load_config(REPO / "configs/demo/stage2.yaml", [f"train.data_dir={data}", "train.only_mapped_speakers=false"])
+    assert stage2.train.emotion_reference == "target_crop"  # inherited from configs/stage2.yaml
+    assert ingest_spec(stage2).emotion_reference == "target_crop"
+    stage1 = load_config(REPO / "configs/demo/stage1.yaml", [f"train.data_dir={data}"])
+    assert stage1.train.emotion_reference == "prompt" and ingest_spec(stage1).emotion_reference == "prompt"
+    with pytest.raises(ConfigError, match="emotion_reference"):
+        load_config(REPO / "configs/demo/stage1.yaml", ["train.emotion_reference=same_emotion"])
