@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from indextts_ray.data.bucketing import BucketingSettings, plan_epoch
+from indextts_ray.data.mixture_config import MixtureConfig, MixtureDataset
 from indextts_ray.errors import DataError
-from indextts_ray.train.robust_config import MixtureConfig, MixtureDataset
 
 __all__ = ["DatasetMeter", "Mixture", "MixtureConfig", "MixtureDataset", "MixturePlan", "check_compatible",
            "dataset_bounds", "epoch_quotas"]

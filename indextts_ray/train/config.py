@@ -6,11 +6,16 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from indextts_ray.data.mixture_config import MixtureConfig
 from indextts_ray.model.config import LossWeights
 from indextts_ray.schema import StrictModel
-from indextts_ray.train.robust_config import EarlyStoppingConfig, EMAConfig, MixtureConfig, SpikeGuardConfig
-from indextts_ray.tune.config import BandControlConfig
-from indextts_ray.tune.controller import controller_for
+from indextts_ray.train.band import controller_for
+from indextts_ray.train.robust_config import (
+    BandControlConfig,
+    EarlyStoppingConfig,
+    EMAConfig,
+    SpikeGuardConfig,
+)
 
 
 class BatchConfig(StrictModel):

@@ -1,12 +1,12 @@
-"""Config sections of the long-run features: `train.guard`, `train.ema`, `train.early_stopping`, `train.mixture`.
+"""Config sections of the long-run features: `train.guard`, `train.ema`, `train.early_stopping`, `train.band`.
 
-They live apart from their code (guard.py, ema.py, early_stop.py, data/mixing.py, which re-export them)
-because the config schema must load without torch or numpy: `indextts-ray config` and `--help` stay fast.
+They live apart from their code (guard.py, ema.py, early_stop.py, band.py) because the config schema must load
+without torch or numpy: `indextts-ray config` and `--help` stay fast. `train.mixture` is a data concern:
+`data/mixture_config.py`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -49,46 +49,45 @@ class EarlyStoppingConfig(StrictModel):
     min_delta: float = Field(0.0, ge=0, description="an improvement must lower the best value by more than this")
 
 
-class MixtureDataset(StrictModel):
-    path: str = Field(description="a prepared data dir (output of `indextts-ray prepare`); its train/ is used")
-    weight: float | None = Field(None, gt=0, description="share of samples; weights are normalised to sum 1")
-    name: str | None = Field(None, description="label in the logs (default: the folder name)")
+class BandControlConfig(StrictModel):
+    """Keep Stage-2 speaker accuracy inside [low, high] by moving the GRL λ and the speaker-loss weight.
 
-    @property
-    def label(self) -> str:
-        return self.name or Path(self.path).name
+    Above the band the controller raises λ (a stronger adversary strips speaker information from the emotion
+    vector); below it, it raises the speaker-loss weight (the classifier must stay a competent adversary).
+    Both act on logarithms (the useful range spans two decades) with proportional-integral gains. A loss
+    spike or a NaN halves both, optionally turns AMP off and asks the loop to reload the last checkpoint.
+    """
 
-
-class MixtureConfig(StrictModel):
-    """`train.mixture`: several prepared datasets, each with a weight, or all shared out by temperature."""
-
-    datasets: list[MixtureDataset] = Field(min_length=1)
-    temperature: float | None = Field(None, gt=0, description="p_i ∝ n_i^(1/T) instead of weights")
-    epoch_samples: int | None = Field(None, gt=0, description="rows per epoch; default: all rows of all datasets")
+    enabled: bool = Field(True, description="used in stage 2 when loss.speaker > 0; off = λ and weight stay fixed")
+    low: float = Field(0.30, ge=0.0, le=1.0, description="lower edge of the target speaker-accuracy band")
+    high: float = Field(0.60, ge=0.0, le=1.0, description="upper edge of the target speaker-accuracy band")
+    margin: float = Field(0.25, ge=0.0, le=0.5, description="aim this fraction of the band width inside each "
+                          "edge (0 = act only outside the band, 0.5 = hold the band centre)")
+    window: int = Field(20, ge=1, description="EMA span (steps) of the speaker accuracy the controller sees")
+    update_every: int = Field(10, ge=1, description="steps between two control updates")
+    kp_lambda: float = Field(2.0, ge=0.0, description="proportional gain on log λ (per unit of accuracy error)")
+    ki_lambda: float = Field(0.5, ge=0.0, description="integral gain on log λ (per update and unit error)")
+    kp_weight: float = Field(2.0, ge=0.0, description="proportional gain on log weight")
+    ki_weight: float = Field(0.5, ge=0.0, description="integral gain on log weight")
+    lambda_min: float = Field(0.1, gt=0.0)
+    lambda_max: float = Field(10.0, gt=0.0)
+    weight_min: float = Field(0.01, gt=0.0)
+    weight_max: float = Field(1.0, gt=0.0)
+    spike_factor: float = Field(3.0, gt=1.0, description="loss above factor x its running mean = divergence")
+    loss_window: int = Field(50, ge=1, description="EMA span (steps) of the loss for spike detection")
+    spike_after: int = Field(20, ge=1, description="steps of loss history needed before a spike can count")
+    divergence_factor: float = Field(0.5, gt=0.0, lt=1.0, description="λ and weight are multiplied by this")
+    disable_amp_on_divergence: bool = True
+    reload_on_divergence: bool = Field(True, description="ask the loop to reload the last checkpoint's weights")
+    max_divergences: int = Field(5, ge=1, description="more divergences than this stop the run with an error")
 
     @model_validator(mode="after")
-    def _consistent(self) -> MixtureConfig:
-        weighted = [d.weight is not None for d in self.datasets]
-        if any(weighted) and not all(weighted):
-            raise ValueError("give every mixture dataset a weight, or none (then temperature or natural sizes)")
-        if all(weighted) and self.temperature is not None:
-            raise ValueError("mixture: use weights or temperature, not both")
-        for what, values in (("name", [d.label for d in self.datasets]),
-                             ("path", [str(Path(d.path)) for d in self.datasets])):
-            dup = sorted({v for v in values if values.count(v) > 1})
-            if dup:
-                raise ValueError(f"mixture: duplicate dataset {what} {dup}")
+    def _ordered(self) -> BandControlConfig:
+        problems = [f"{lo_name} ({lo}) must be < {hi_name} ({hi})" for lo_name, lo, hi_name, hi in (
+            ("low", self.low, "high", self.high),
+            ("lambda_min", self.lambda_min, "lambda_max", self.lambda_max),
+            ("weight_min", self.weight_min, "weight_max", self.weight_max),
+        ) if lo >= hi]
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
-
-    @property
-    def names(self) -> list[str]:
-        return [d.label for d in self.datasets]
-
-    def probabilities(self, sizes: list[int]) -> list[float]:
-        """Sample share of each dataset, given their row counts."""
-        if self.datasets[0].weight is not None:
-            raw = [float(d.weight) for d in self.datasets]
-        else:
-            raw = [float(n) ** (1.0 / (self.temperature or 1.0)) for n in sizes]
-        total = sum(raw)
-        return [r / total for r in raw]

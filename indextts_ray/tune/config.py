@@ -1,4 +1,7 @@
-"""Schemas of the Stage-2 band controller (`train.band`) and of the Ray Tune search over it (`tune:`)."""
+"""Schema of the Ray Tune search over the Stage-2 band controller (`tune:`).
+
+`train.band` (BandControlConfig) belongs to the training loop that runs the controller: `train/robust_config.py`.
+"""
 
 from __future__ import annotations
 
@@ -7,50 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from indextts_ray.schema import StrictModel
-
-
-class BandControlConfig(StrictModel):
-    """Keep Stage-2 speaker accuracy inside [low, high] by moving the GRL λ and the speaker-loss weight.
-
-    Above the band the controller raises λ (a stronger adversary strips speaker information from the emotion
-    vector); below it, it raises the speaker-loss weight (the classifier must stay a competent adversary).
-    Both act on logarithms (the useful range spans two decades) with proportional-integral gains. A loss
-    spike or a NaN halves both, optionally turns AMP off and asks the loop to reload the last checkpoint.
-    """
-
-    enabled: bool = Field(True, description="used in stage 2 when loss.speaker > 0; off = λ and weight stay fixed")
-    low: float = Field(0.30, ge=0.0, le=1.0, description="lower edge of the target speaker-accuracy band")
-    high: float = Field(0.60, ge=0.0, le=1.0, description="upper edge of the target speaker-accuracy band")
-    margin: float = Field(0.25, ge=0.0, le=0.5, description="aim this fraction of the band width inside each "
-                          "edge (0 = act only outside the band, 0.5 = hold the band centre)")
-    window: int = Field(20, ge=1, description="EMA span (steps) of the speaker accuracy the controller sees")
-    update_every: int = Field(10, ge=1, description="steps between two control updates")
-    kp_lambda: float = Field(2.0, ge=0.0, description="proportional gain on log λ (per unit of accuracy error)")
-    ki_lambda: float = Field(0.5, ge=0.0, description="integral gain on log λ (per update and unit error)")
-    kp_weight: float = Field(2.0, ge=0.0, description="proportional gain on log weight")
-    ki_weight: float = Field(0.5, ge=0.0, description="integral gain on log weight")
-    lambda_min: float = Field(0.1, gt=0.0)
-    lambda_max: float = Field(10.0, gt=0.0)
-    weight_min: float = Field(0.01, gt=0.0)
-    weight_max: float = Field(1.0, gt=0.0)
-    spike_factor: float = Field(3.0, gt=1.0, description="loss above factor x its running mean = divergence")
-    loss_window: int = Field(50, ge=1, description="EMA span (steps) of the loss for spike detection")
-    spike_after: int = Field(20, ge=1, description="steps of loss history needed before a spike can count")
-    divergence_factor: float = Field(0.5, gt=0.0, lt=1.0, description="λ and weight are multiplied by this")
-    disable_amp_on_divergence: bool = True
-    reload_on_divergence: bool = Field(True, description="ask the loop to reload the last checkpoint's weights")
-    max_divergences: int = Field(5, ge=1, description="more divergences than this stop the run with an error")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> BandControlConfig:
-        problems = [f"{lo_name} ({lo}) must be < {hi_name} ({hi})" for lo_name, lo, hi_name, hi in (
-            ("low", self.low, "high", self.high),
-            ("lambda_min", self.lambda_min, "lambda_max", self.lambda_max),
-            ("weight_min", self.weight_min, "weight_max", self.weight_max),
-        ) if lo >= hi]
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+from indextts_ray.train.robust_config import BandControlConfig  # noqa: F401 -- re-exported for benchmarks/band_control.py
 
 
 class Distribution(StrictModel):

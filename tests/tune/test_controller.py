@@ -5,9 +5,9 @@ import math
 
 import pytest
 
+from indextts_ray.train.band import BandController, Change, DivergenceError, controller_for
 from indextts_ray.train.config import TrainConfig
-from indextts_ray.tune.config import BandControlConfig
-from indextts_ray.tune.controller import BandController, Change, DivergenceError, controller_for
+from indextts_ray.train.robust_config import BandControlConfig
 from indextts_ray.tune.plant import PlantSettings, SimulatedPlant, band_stats, simulate
 
 CFG = BandControlConfig()
