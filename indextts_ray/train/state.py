@@ -1,6 +1,10 @@
 """Everything a run needs to continue exactly, saved and loaded in one place.
 
-Randomness is not snapshotted: every micro-step reseeds torch from (seed, step, micro, rank) and the data
+`RunState` is the only holder of the run's counters and decisions (step, epoch, data position, GRL λ,
+speaker-loss weight, best validation loss, ...): the recipe reads and writes it, the GRL module and the logs are
+set from it, and a checkpoint stores it whole (under the `progress` key of format 1).
+
+Randomness is not snapshotted: every micro-batch reseeds torch from (seed, epoch, its plan entry) and the data
 order is a function of (seed, epoch), so the step counter and the data position *are* the RNG state.
 """
 
@@ -22,7 +26,7 @@ STATE_FILE = "state.pt"
 
 
 @dataclass
-class Progress:
+class RunState:
     step: int = 0  # optimizer steps done
     epoch: int = 0
     position: int = 0  # plan entries (global micro-batches) consumed in this epoch, over all ranks
@@ -31,11 +35,11 @@ class Progress:
     world_size: int = 1
     grad_accum: int = 1
     best_val: float = math.inf
-    grl_lambda: float = 1.0
+    grl_lambda: float = 1.0  # the values training uses: band control's, else the config's (`resolve_adversary`)
     speaker_weight: float = 0.0
     skipped_steps: int = 0
     band: dict = field(default_factory=dict)  # BandController.state_dict(): resume continues the same control
-    rollbacks: int = 0  # reloads of the last checkpoint after a divergence
+    rollbacks: int = 0  # reloads of the last checkpoint (spike guard or band control: `Recipe.rollback`)
     guard: dict = field(default_factory=dict)  # SpikeGuard.state_dict(): running means, skip counters
     early_stop: dict = field(default_factory=dict)  # EarlyStopping.state_dict(): best value/step, patience used
     data: dict = field(default_factory=dict)  # {"fingerprint": ...} of the prepared data: resume refuses other data
@@ -55,7 +59,7 @@ def gather_state(model, optimizer, ema=None) -> dict:
     return {"model": model_state, "optimizer": optimizer_state, "ema": ema.state_dict() if ema is not None else None}
 
 
-def save_state(directory: Path, *, weights: dict, scheduler, scaler, progress: Progress, config: dict) -> Path:
+def save_state(directory: Path, *, weights: dict, scheduler, scaler, state: RunState, config: dict) -> Path:
     """Write `state.pt` (atomic) and `checksums.json` into `directory` (`weights`: from `gather_state`)."""
     directory.mkdir(parents=True, exist_ok=True)
     blob = {
@@ -64,7 +68,7 @@ def save_state(directory: Path, *, weights: dict, scheduler, scaler, progress: P
         "optimizer": weights["optimizer"],
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
-        "progress": asdict(progress),
+        "progress": asdict(state),
         "config": json.dumps(config),
         "ema": weights["ema"],
     }
@@ -73,8 +77,9 @@ def save_state(directory: Path, *, weights: dict, scheduler, scaler, progress: P
     return path
 
 
-def load_state(directory: Path, *, model, optimizer, scheduler, scaler, ema=None) -> tuple[Progress, dict]:
-    """Restore everything from `directory`; verify the checksum; refuse unknown or missing keys.
+def load_state(directory: Path, *, model, optimizer, scheduler, scaler, ema=None) -> tuple[RunState, dict]:
+    """Restore everything from `directory`; return its run state and resolved config (JSON dict); verify the
+    checksum; refuse unknown or missing keys.
 
     A checkpoint without an average (written before EMA was switched on) restarts `ema` at the restored weights.
     An FSDP-sharded model loads the same (whole-model) checkpoint; then every rank must call this.
@@ -94,7 +99,7 @@ def load_state(directory: Path, *, model, optimizer, scheduler, scaler, ema=None
         optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(blob.pop("scheduler"))
     scaler.load_state_dict(blob.pop("scaler"))
-    progress = Progress(**blob.pop("progress"))
+    state = RunState(**blob.pop("progress"))
     config = json.loads(blob.pop("config"))
     ema_state = blob.pop("ema", None)  # absent in checkpoints written before EMA existed
     if ema is not None and ema_state is not None:
@@ -103,4 +108,4 @@ def load_state(directory: Path, *, model, optimizer, scheduler, scaler, ema=None
         ema.reset(model)
     if blob:
         raise DataError(f"{path}: unexpected keys {sorted(blob)}")
-    return progress, config
+    return state, config

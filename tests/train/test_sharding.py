@@ -27,7 +27,7 @@ from indextts_ray.train.ema import EMA, EMAConfig, load_ema_weights
 from indextts_ray.train.export import model_from_checkpoint
 from indextts_ray.train.loop import freeze_modules, lr_factor, make_optimizer
 from indextts_ray.train.sharding import grad_sync, local, shard_model
-from indextts_ray.train.state import STATE_FILE, Progress, gather_state, load_state, save_state, step_seed
+from indextts_ray.train.state import STATE_FILE, RunState, gather_state, load_state, save_state, step_seed
 from tests.train.conftest import make_batch_rows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ def _steps(rank, tc, model, wrapped, optimizer, scheduler, ema, batches, first: 
 def _save(directory: Path, rank, model, optimizer, scheduler, scaler, ema, step: int) -> None:
     weights = gather_state(model, optimizer, ema)  # collective under FSDP
     if rank == 0:
-        save_state(directory, weights=weights, scheduler=scheduler, scaler=scaler, progress=Progress(step=step),
+        save_state(directory, weights=weights, scheduler=scheduler, scaler=scaler, state=RunState(step=step),
                    config=load_config(REPO / "configs/demo/stage1.yaml").model_dump(mode="json"))
     dist.barrier()
 
