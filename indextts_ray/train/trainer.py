@@ -26,6 +26,7 @@ from indextts_ray.data.speakers import load_speaker_mapping
 from indextts_ray.data.store import list_shards
 from indextts_ray.errors import UserError
 from indextts_ray.train.loop import read_finished, train_loop_per_worker
+from indextts_ray.train.resume import check_resume
 
 log = logging.getLogger("indextts_ray.train")
 
@@ -159,6 +160,8 @@ def run_training(cfg: Config):
                  "train.epochs to train on)", run_dir, finished["step"])
         return None
     check_resume_data(run_dir, ingest_spec(cfg))
+    for change in check_resume(run_dir, cfg):  # refuses plan/architecture changes before Ray starts
+        log.info("resume: %s (from this config)", change)
     if not ray.is_initialized():
         from indextts_ray.ray_connect import connect
 
