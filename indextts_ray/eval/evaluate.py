@@ -35,7 +35,7 @@ from indextts_ray.eval.emotion_control import (
     control_summary,
     run_emotion_control,
 )
-from indextts_ray.eval.heldout import prompt_clips, sample_rows
+from indextts_ray.eval.heldout import prompt_clips, sample_rows, split_clips
 from indextts_ray.eval.losses import validation_losses
 from indextts_ray.eval.probes import ProbeResult, linear_probe
 from indextts_ray.eval.sanity import sampling_sanity
@@ -58,7 +58,9 @@ DEFAULT_BAND = (0.30, 0.60)  # train.band.low/high defaults (tune/config.py::Ban
 class EvalOptions:
     """Args: max_items held-out rows; seed for the row sample, probe splits and sampling; batch_size for the
     loss and embedding passes; n_prompts rows for the sampling sanity check; device `auto` = cuda when present;
-    emotion_control: the emotion-controlled generation evaluation (None = off)."""
+    emotion_control: the emotion-controlled generation evaluation (None = off); probe_splits: probe every
+    stored utterance of these splits (its own features, at most max_probe_clips, seeded) instead of the
+    held-out rows' prompts, so that the probes' test sets are large enough to judge their goals."""
 
     max_items: int = 400
     seed: int = 0
@@ -68,6 +70,8 @@ class EvalOptions:
     min_per_class: int = 3
     device: str = "auto"
     emotion_control: EmotionControlOptions | None = None
+    probe_splits: tuple[str, ...] = ()
+    max_probe_clips: int = 4000
 
 
 @dataclass
@@ -141,7 +145,9 @@ def evaluate_export(export_dir: str | Path, data_dir: str | Path, name: str,
         raise DataError(f"{data_dir}: features are {dim}-dim, {export_dir} expects model.input_dim={cfg.input_dim}; "
                         "prepare the data for this model")
     losses = validation_losses(tm, rows, device, options.batch_size)
-    emb = embed_clips(uv, prompt_clips(rows, data_dir), device, options.batch_size)
+    clips = split_clips(data_dir, options.probe_splits, options.max_probe_clips, options.seed) \
+        if options.probe_splits else prompt_clips(rows, data_dir)
+    emb = embed_clips(uv, clips, device, options.batch_size)
     labels = list(cfg.emotion_labels)
     known = emb.emotion_ids >= 0
     emotion_names = [labels[i] if 0 <= i < len(labels) else str(i) for i in emb.emotion_ids[known]]

@@ -18,10 +18,13 @@ from pathlib import Path
 from indextts_ray.eval import plots
 from indextts_ray.eval.emotion_control import CONTROL_TARGET, JUDGE_TARGET, MODE_TITLES, EmotionControlSetup
 from indextts_ray.eval.evaluate import PROBE_TITLES, PROBES, EvalOptions, StageResult, flat_metrics
+from indextts_ray.eval.probes import ProbeResult, Z, judge
 
 EMOTION_TARGET = 0.85  # the MeloTTS emotion seed's recognition target
 KEEP_TOLERANCE = 0.05  # Stage 3 "keeps" a probe result within this much of Stage 2
 CHECK_MARK = {True: "✅ ", False: "❌ ", None: "➖ "}  # None: not judged (the reason is in the sentence)
+# A check is judged only when its test set tells its two levels apart at Z s.e. (probes.judge): the goal from
+# chance (emotion ≥ 85 %), Stage 1's speaker accuracy from chance (a fall is visible), Stage 2's from ±5 points.
 
 
 @dataclass
@@ -44,37 +47,59 @@ def _probe_cell(r: StageResult, key: str) -> str:
     return "n/a" if p is None else f"{_pct(p.accuracy)} ({_pct(p.chance)})"
 
 
+def _ci(p: ProbeResult) -> str:
+    """`62.8 % [48.1–75.4 %]`: an accuracy with its Wilson interval."""
+    return f"{_pct(p.accuracy)} [{100 * p.interval[0]:.1f}–{_pct(p.interval[1])}]"
+
+
+def _verdict(met: bool, n: int, levels: list[tuple[float, float]], text: str,
+             unit: str = "test clips") -> tuple[bool | None, str]:
+    """(met, text) when n examples tell apart both levels of every pair, else (None, text + why not)."""
+    for a, b in levels:
+        ok, note = judge(met, n, a, b, unit)
+        if ok is None:
+            return None, f"{text}; {note}"
+    return met, text
+
+
 def goal_checks(results: list[StageResult]) -> list[tuple[bool | None, str]]:
     """The Stage-2 goals, when stage1/stage2(/stage3) results are present, then the emotion-control targets:
-    (met, sentence); met is None where a target cannot be judged."""
+    (met, sentence); met is None where a target cannot be judged (its test set too small, see `probes.judge`)."""
     by = {r.name: r for r in results}
 
-    def acc(name: str, key: str) -> float | None:
-        p = by[name].probes.get(key)
-        return p.accuracy if p is not None else None
+    def probe(name: str, key: str) -> ProbeResult | None:
+        return by[name].probes.get(key)
 
-    checks: list[tuple[bool, str]] = []
+    checks: list[tuple[bool | None, str]] = []
     if {"stage1", "stage2"} <= by.keys():
-        a, b = acc("stage1", "speaker_from_emovec"), acc("stage2", "speaker_from_emovec")
+        a, b = probe("stage1", "speaker_from_emovec"), probe("stage2", "speaker_from_emovec")
         if a is not None and b is not None:
-            checks.append((b < a, f"speaker probe on the emotion vector falls after Stage 2: {_pct(a)} → {_pct(b)}"))
+            # judged when a fall from Stage 1's level all the way to chance would be visible
+            checks.append(_verdict(b.accuracy < a.accuracy, min(a.n_test, b.n_test), [(a.accuracy, b.chance)],
+                                   f"speaker probe on the emotion vector falls after Stage 2: {_ci(a)} → {_ci(b)}"))
     for r in results:
-        e = acc(r.name, "emotion_from_emovec")
+        e = probe(r.name, "emotion_from_emovec")
         if e is not None:
-            checks.append((e >= EMOTION_TARGET, f"{r.name}: emotion probe ≥ {EMOTION_TARGET:.0%}: {_pct(e)}"))
+            checks.append(_verdict(e.accuracy >= EMOTION_TARGET, e.n_test, [(EMOTION_TARGET, e.chance)],
+                                   f"{r.name}: emotion probe ≥ {EMOTION_TARGET:.0%}: {_ci(e)}"))
     if {"stage2", "stage3"} <= by.keys():
-        e2, e3 = acc("stage2", "emotion_from_emovec"), acc("stage3", "emotion_from_emovec")
-        s2, s3 = acc("stage2", "speaker_from_emovec"), acc("stage3", "speaker_from_emovec")
+        e2, e3 = probe("stage2", "emotion_from_emovec"), probe("stage3", "emotion_from_emovec")
+        s2, s3 = probe("stage2", "speaker_from_emovec"), probe("stage3", "speaker_from_emovec")
         if None not in (e2, e3, s2, s3):
-            ok = e3 >= e2 - KEEP_TOLERANCE and s3 <= s2 + KEEP_TOLERANCE
-            checks.append((ok, f"Stage 3 keeps both (±{KEEP_TOLERANCE:.0%}): emotion {_pct(e2)} → {_pct(e3)}, "
-                               f"speaker on emotion vector {_pct(s2)} → {_pct(s3)}"))
+            ok = e3.accuracy >= e2.accuracy - KEEP_TOLERANCE and s3.accuracy <= s2.accuracy + KEEP_TOLERANCE
+            # "keeps within 5 points" means something only where 5 points are resolved
+            checks.append(_verdict(ok, min(e2.n_test, e3.n_test, s2.n_test, s3.n_test),
+                                   [(e2.accuracy, max(e2.accuracy - KEEP_TOLERANCE, 0.0)),
+                                    (s2.accuracy, min(s2.accuracy + KEEP_TOLERANCE, 1.0))],
+                                   f"Stage 3 keeps both (±{KEEP_TOLERANCE:.0%}): emotion {_ci(e2)} → {_ci(e3)}, "
+                                   f"speaker on emotion vector {_ci(s2)} → {_ci(s3)}"))
     return checks + control_checks(results)
 
 
 def control_checks(results: list[StageResult]) -> list[tuple[bool | None, str]]:
     """Per stage and mode: every emotion judged as asked on ≥ CONTROL_TARGET of its generated items. Not judged
-    (None) when the emotion judge itself stays under JUDGE_TARGET on real codes."""
+    (None) when the emotion judge itself stays under JUDGE_TARGET on real codes (or its test set cannot tell
+    JUDGE_TARGET from chance), or when an emotion has too few items to tell CONTROL_TARGET from chance."""
     checks: list[tuple[bool | None, str]] = []
     for r in results:
         for mode, m in (r.emotion_control.modes if r.emotion_control else {}).items():
@@ -84,12 +109,17 @@ def control_checks(results: list[StageResult]) -> list[tuple[bool | None, str]]:
             worst = min(per, key=per.get)
             text = (f"{r.name}: emotion control by {MODE_TITLES[mode]}, every emotion ≥ {CONTROL_TARGET:.0%}: mean "
                     f"{_pct(m.emotion.accuracy)}, lowest {worst} {_pct(per[worst])}")
-            judge = r.emotion_control.setup.emotion_judge.heldout.accuracy
-            if r.emotion_control.setup.judged:
-                checks.append((all(v >= CONTROL_TARGET for v in per.values()), text))
+            setup = r.emotion_control.setup
+            gate, why = setup.judge_verdict()
+            if gate is None:
+                checks.append((None, f"{text}; emotion judge {why}"))
+            elif not gate:
+                checks.append((None, f"{text}; not judged: the emotion classifier reaches "
+                                     f"{_ci(setup.emotion_judge.heldout)} on real codes (< {JUDGE_TARGET:.0%})"))
             else:
-                checks.append((None, f"{text}; not judged: the emotion classifier reaches {_pct(judge)} on real "
-                                     f"codes (< {JUDGE_TARGET:.0%})"))
+                n = min(m.emotion.class_counts().values())
+                checks.append(_verdict(all(v >= CONTROL_TARGET for v in per.values()), n,
+                                       [(CONTROL_TARGET, m.emotion.chance)], text, unit="items per emotion"))
     return checks
 
 
@@ -100,8 +130,7 @@ def build_blocks(results: list[StageResult], images: dict[str, Path | None], dat
     b: list[Block] = [
         Block("h1", "indextts-ray evaluation report"),
         Block("p", f"Held-out set: {data_dir / 'val'}, {first.n_rows} rows (seeded sample of at most "
-                   f"{options.max_items}, seed {options.seed}), {len(first.embeddings.clip_ids)} distinct speaker-prompt "
-                   f"clips for the probes. Checkpoints: " + ", ".join(f"{r.name} = {r.export_dir}" for r in results)
+                   f"{options.max_items}, seed {options.seed}), " + _probe_clips(first, options) + " Checkpoints: " + ", ".join(f"{r.name} = {r.export_dir}" for r in results)
                    + "."),
         Block("h2", "Summary"),
         Block("table", items=[
@@ -131,9 +160,10 @@ def build_blocks(results: list[StageResult], images: dict[str, Path | None], dat
                      "clips are left out.")]
     b += _image_or_note(images.get("probes"), "probe accuracies per stage", "no probe had two classes to separate")
     b += [Block("table", items=[
-        ["stage", "probe", "accuracy", "± 1 s.e.", "chance", "classes", "train / test", "classes dropped"],
-        *[[r.name, PROBE_TITLES[k], _pct(p.accuracy), _pct(_stderr(p.accuracy, p.n_test)), _pct(p.chance),
-           str(len(p.labels)), f"{p.n_train} / {p.n_test}", str(p.dropped_classes)]
+        ["stage", "probe", "accuracy", f"interval (Wilson, {Z:g} s.e.)", "chance", "classes", "train / test",
+         "classes dropped"],
+        *[[r.name, PROBE_TITLES[k], _pct(p.accuracy), f"{_pct(p.interval[0])} – {_pct(p.interval[1])}",
+           _pct(p.chance), str(len(p.labels)), f"{p.n_train} / {p.n_test}", str(p.dropped_classes)]
           for r in results for k in PROBES if (p := r.probes.get(k)) is not None],
     ])]
     b += _per_emotion(results)
@@ -150,10 +180,13 @@ def build_blocks(results: list[StageResult], images: dict[str, Path | None], dat
     return b
 
 
-def _stderr(accuracy: float, n: int) -> float:
-    """Binomial standard error of an accuracy measured on n examples: differences smaller than about twice
-    this are noise (a 20-clip demo held-out set cannot separate 60 % from 80 %)."""
-    return math.sqrt(accuracy * (1 - accuracy) / max(n, 1))
+def _probe_clips(r: StageResult, options: EvalOptions) -> str:
+    n = len(r.embeddings.clip_ids)
+    if not options.probe_splits:
+        return f"{n} distinct speaker-prompt clips for the probes."
+    return (f"{n} clips for the probes: the utterances of {'+'.join(options.probe_splits)} (their own features"
+            + ("; the GPT trained on the train ones, the probes are separate models" if "train" in options.probe_splits
+               else "") + ").")
 
 
 def _image_or_note(path: Path | None, alt: str, note: str) -> list[Block]:
@@ -198,12 +231,16 @@ def _emotion_control(results: list[StageResult], images: dict[str, Path | None],
     ej, sj = setup.emotion_judge.heldout, setup.speaker_judge
     judges = (f"Judges: small convolutional classifiers over code embeddings (emotion_control.py, codeclf.py), "
               f"trained with seed {options.seed} on real codes of {'+'.join(setup.splits)} ({setup.n_real_rows} rows) "
-              f"and tested on a held-out stratified part of them: emotion {_pct(ej.accuracy)} on {ej.n_test} rows "
+              f"and tested on a held-out stratified part of them: emotion {_ci(ej)} on {ej.n_test} rows "
               f"(chance {_pct(ej.chance)})")
     judges += (f", speaker {_pct(sj.heldout.accuracy)} on {sj.heldout.n_test} rows (chance {_pct(sj.heldout.chance)})."
                if sj else "; no speaker judge (fewer than two speakers with enough rows).")
-    if setup.judged:
-        judges += f" The emotion judge reaches ≥ {JUDGE_TARGET:.0%}, so the ≥ {CONTROL_TARGET:.0%} target is judged."
+    gate, why = setup.judge_verdict()
+    if gate:
+        judges += (f" The emotion judge reaches ≥ {JUDGE_TARGET:.0%}, so the ≥ {CONTROL_TARGET:.0%} target is judged "
+                   f"where each emotion has enough items.")
+    elif gate is None:
+        judges += f" The emotion judge is {why}: the ≥ {CONTROL_TARGET:.0%} target is not judged."
     else:
         judges += (f" The emotion judge reaches only {_pct(ej.accuracy)} on real codes (< {JUDGE_TARGET:.0%}): the "
                    f"≥ {CONTROL_TARGET:.0%} target is not judged. The numbers below still compare the checkpoints, "

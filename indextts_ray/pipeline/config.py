@@ -65,7 +65,11 @@ class EmotionControlStep(StrictModel):
 
 class EvalStep(StrictModel):
     enabled: bool = True
-    max_items: int = Field(400, ge=10, description="held-out clips used for the probes")
+    max_items: int = Field(400, ge=10, description="held-out rows for the losses (and the probes' prompt clips)")
+    probe_splits: list[Literal["train", "val"]] = Field(
+        default_factory=list, description="probe every utterance of these splits instead of the held-out rows' "
+        "prompts (more clips: goal checks need a test set that tells the goal from chance)")
+    max_probe_clips: int = Field(4000, ge=10, description="at most this many probe clips (seeded sample)")
     emotion_control: EmotionControlStep = EmotionControlStep()
 
 

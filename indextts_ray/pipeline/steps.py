@@ -240,6 +240,8 @@ def run_eval(cfg: Config) -> dict:
                                     splits=tuple(ec.splits), reference=ec.reference, epochs=ec.epochs)
     summary = evaluate_and_report({f"stage{n}": lay.final(n) for n in (1, 2, 3)}, lay.prepared, lay.report,
                                   EvalOptions(max_items=cfg.pipeline.eval.max_items,
+                                              probe_splits=tuple(cfg.pipeline.eval.probe_splits),
+                                              max_probe_clips=cfg.pipeline.eval.max_probe_clips,
                                               emotion_control=control if ec.enabled else None))
     return {"report": str(lay.report / "report.md"), **summary["flat"]}
 

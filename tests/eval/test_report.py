@@ -3,13 +3,16 @@ the CLI, atomic replacement."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from indextts_ray.cli import main as cli_main
 from indextts_ray.eval import plots
-from indextts_ray.eval.evaluate import EvalOptions, evaluate_and_report, stage_names
+from indextts_ray.eval.evaluate import EvalOptions, StageResult, evaluate_and_report, stage_names
+from indextts_ray.eval.probes import ProbeResult, score_predictions, wilson_interval
+from indextts_ray.eval.report import goal_checks
 from indextts_ray.model.checkpoint_io import export_checkpoint
 from indextts_ray.model.training import TrainingModel
 from tests.train.conftest import write_dataset
@@ -138,8 +141,50 @@ def test_pipeline_eval_step_writes_the_work_dir_report(tiny_run):
                             "stage2/emotion_control_label_accuracy", "stage3/emotion_control_reference_accuracy"}
     report = json.loads((root / "report" / "report.json").read_text())
     assert report["stages"][0]["n_rows"] == 10
-    # the demo config turns emotion control on, small: 2 speakers x 2 texts, judges trained on train+val
+    # the demo probes every utterance of train+val (24 + 40), not the prompts of the 10 held-out rows
+    assert report["stages"][0]["n_clips"] == 64
+    assert report["stages"][0]["probes"]["speaker_from_latents"]["n_test"] == 19  # 30 % of 64
+    # emotion control on, small: 3 speakers x 3 texts (9 items per emotion), judges trained on train+val
     control = report["emotion_control"]
-    assert control["splits"] == ["train", "val"] and len(control["speakers"]) == 2 and len(control["texts"]) == 2
+    assert control["splits"] == ["train", "val"] and len(control["speakers"]) == 3 and len(control["texts"]) == 3
     off = load_config(REPO / "configs/pipeline/demo.yaml", [f"pipeline.work_dir={root}", "pipeline.eval.enabled=false"])
     assert "eval" not in {s.name for s in build_graph(off)}
+
+
+def _probe(n_right: int, n: int, labels=("a", "b", "c", "d")) -> ProbeResult:
+    """A real score: n test items spread over `labels`, the first n_right predicted right, the rest as labels[0]
+    (or labels[1] where that would be right); chance 1/len(labels)."""
+    y = [labels[i % len(labels)] for i in range(n)]
+    pred = [t if i < n_right else (labels[1] if t == labels[0] else labels[0]) for i, t in enumerate(y)]
+    return score_predictions(pred, y, list(labels), 1 / len(labels), n_train=3 * n)
+
+
+def _stage(name: str, emotion, speaker) -> StageResult:
+    probes = {"emotion_from_emovec": emotion, "speaker_from_emovec": speaker, "speaker_from_latents": None}
+    return StageResult(name, Path(name), 0, {}, probes, {}, None, [])
+
+
+def test_goal_verdicts_need_a_test_set_that_tells_the_goal_from_chance():
+    # 4 test clips (the old demo): 4/4 = 100 % [50 %, 100 %] cannot tell 85 % from chance 25 % -> not judged
+    tiny = goal_checks([_stage("stage1", _probe(4, 4), _probe(3, 4)), _stage("stage2", _probe(4, 4), _probe(1, 4))])
+    assert tiny == [
+        (None, "speaker probe on the emotion vector falls after Stage 2: 75.0 % [29.4–95.6 %] → 25.0 % [4.4–70.6 %]; "
+               "not judged: n too small (4 test clips, 17 needed to tell 75.0 % from 25.0 % at 2 s.e.)"),
+        (None, "stage1: emotion probe ≥ 85%: 100.0 % [50.0–100.0 %]; not judged: n too small (4 test clips, 12 "
+               "needed to tell 85.0 % from 25.0 % at 2 s.e.)"),
+        (None, "stage2: emotion probe ≥ 85%: 100.0 % [50.0–100.0 %]; not judged: n too small (4 test clips, 12 "
+               "needed to tell 85.0 % from 25.0 % at 2 s.e.)"),
+    ]
+    # 40 separable test clips: real verdicts, both ways
+    large = goal_checks([_stage("stage1", _probe(38, 40), _probe(30, 40)),
+                         _stage("stage2", _probe(28, 40), _probe(11, 40))])
+    assert [ok for ok, _ in large] == [True, True, False]  # speaker 75 % -> 27.5 %; emotion 95 %; emotion 70 %
+    assert large[1][1] == "stage1: emotion probe ≥ 85%: 95.0 % [83.2–98.6 %]"
+    # by hand: q = 4/40, centre = (0.95 + 0.05) / 1.1, half = (2 / 1.1) · sqrt(0.95 · 0.05 / 40 + 0.1 / 160)
+    half = 2 / 1.1 * math.sqrt(0.95 * 0.05 / 40 + 0.1 / 160)
+    assert wilson_interval(0.95, 40) == pytest.approx((1 / 1.1 - half, 1 / 1.1 + half), abs=1e-12)
+    # "keeps within ±5 points" is judged only where 5 points are resolved: not on 40 clips
+    keep = goal_checks([_stage("stage2", _probe(38, 40), _probe(11, 40)), _stage("stage3", _probe(38, 40),
+                                                                                  _probe(11, 40))])[-1]
+    assert keep[0] is None and keep[1].endswith(
+        "not judged: n too small (40 test clips, 444 needed to tell 95.0 % from 90.0 % at 2 s.e.)")
