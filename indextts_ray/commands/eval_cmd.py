@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="batch size of the loss and embedding passes")
     p.add_argument("--seed", type=int, default=0, help="seed of the row sample, probe splits and sampling")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--probe-splits", default="", metavar="SPLITS",
+                   help="probe every stored utterance of these splits (val or train,val) instead of the held-out rows' "
+                        "prompts: larger probe test sets, so that the goal checks can be judged")
     g = p.add_argument_group("emotion control (--emotion-control)")
     g.add_argument("--emotion-control", action="store_true",
                    help="also generate codes per emotion label / another speaker's reference clip and judge them")
@@ -60,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_items < 2 or args.prompts < 0 or args.batch_size < 1:
         raise UserError("--max-items must be >= 2, --prompts >= 0 and --batch-size >= 1")
+    probe_splits = tuple(s.strip() for s in args.probe_splits.split(",") if s.strip())
+    if not set(probe_splits) <= {"train", "val"}:
+        raise UserError(f"--probe-splits: a subset of train,val; got {args.probe_splits!r}")
     exports = dict(zip(stage_names(args.exports), args.exports))
     control = None
     if args.emotion_control:
@@ -71,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UserError(f"--emotion-*: {e}") from None
     options = EvalOptions(max_items=args.max_items, seed=args.seed, batch_size=args.batch_size,
-                          n_prompts=args.prompts, device=args.device, emotion_control=control)
+                          n_prompts=args.prompts, device=args.device, emotion_control=control,
+                          probe_splits=probe_splits)
     summary = evaluate_and_report(exports, args.data, args.out, options)
     for check in summary["checks"]:
         print({True: "ok   ", False: "FAIL ", None: "n/a  "}[check["ok"]] + check["text"])

@@ -119,6 +119,14 @@ def test_cli_eval_single_export_and_usage_errors(tiny_run, capsys):
     assert "speaker_band.png" not in summary["images"]  # stage 3 had no speaker adversary
     assert cli_main(["eval", "--export", str(data), "--data", str(data), "--out", str(out)]) == 2
     assert "not an export directory" in capsys.readouterr().err
+    # --probe-splits: every utterance of train+val (24 + 40) is a probe clip
+    assert cli_main(["eval", "--export", str(exports["stage3"]), "--data", str(data), "--out", str(out),
+                     "--max-items", "16", "--prompts", "1", "--device", "cpu", "--probe-splits", "train,val"]) == 0
+    assert json.loads((out / "report.json").read_text())["stages"][0]["n_clips"] == 64
+    assert "64 clips for the probes: the utterances of train+val" in (out / "report.md").read_text()
+    assert cli_main(["eval", "--export", str(exports["stage3"]), "--data", str(data), "--out", str(out),
+                     "--probe-splits", "test"]) == 2
+    assert "--probe-splits: a subset of train,val" in capsys.readouterr().err
 
 
 def test_stage_names_from_export_paths(tmp_path):
