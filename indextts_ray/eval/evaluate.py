@@ -2,7 +2,7 @@
 
 For each export (an `export_checkpoint` directory, e.g. `runs/stage2/final`):
 
-    val rows (seeded sample) --TrainingModel.forward--> val_loss, val_text_loss, val_mel_top1
+    the run's validation plan --train/validation.py--> val_loss, val_text_loss, val_mel_top1 (as logged)
     prompt clips --conditioners--> emotion vector, mean speaker latent --probes--> emotion <- emo vec,
                                                                                   speaker <- emo vec,
                                                                                   speaker <- speaker latent
@@ -17,7 +17,6 @@ come from the export's run directory (`<export>/../metrics.jsonl`, `config.resol
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,77 +25,31 @@ import yaml
 
 from indextts_ray.config import load_config
 from indextts_ray.errors import DataError
-from indextts_ray.eval.embed import ClipEmbeddings, embed_clips
+from indextts_ray.eval.embed import embed_clips
 from indextts_ray.eval.emotion_control import (
-    EmotionControlOptions,
-    EmotionControlResult,
     EmotionControlSetup,
     build_setup,
     control_summary,
     run_emotion_control,
 )
 from indextts_ray.eval.heldout import prompt_clips, sample_rows, split_clips
-from indextts_ray.eval.losses import validation_losses
-from indextts_ray.eval.probes import ProbeResult, linear_probe
+from indextts_ray.eval.losses import run_config, validation_losses
+from indextts_ray.eval.probes import linear_probe
+from indextts_ray.eval.report import write_report
+from indextts_ray.eval.results import (  # noqa: F401 -- flat_metrics, PROBE_TITLES: re-exported for callers
+    DEFAULT_BAND,
+    PROBE_TITLES,
+    PROBES,
+    EvalOptions,
+    StageResult,
+    flat_metrics,
+)
 from indextts_ray.eval.sanity import sampling_sanity
 from indextts_ray.model.checkpoint_io import load_export
 from indextts_ray.model.config import ModelConfig
 from indextts_ray.model.training import TrainingModel
 
 log = logging.getLogger("indextts_ray.eval")
-
-PROBES = ("emotion_from_emovec", "speaker_from_emovec", "speaker_from_latents")
-PROBE_TITLES = {
-    "emotion_from_emovec": "emotion ← emotion vector",
-    "speaker_from_emovec": "speaker ← emotion vector",
-    "speaker_from_latents": "speaker ← speaker latents",
-}
-DEFAULT_BAND = (0.30, 0.60)  # train.band.low/high defaults (tune/config.py::BandControlConfig)
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """Args: max_items held-out rows; seed for the row sample, probe splits and sampling; batch_size for the
-    loss and embedding passes; n_prompts rows for the sampling sanity check; device `auto` = cuda when present;
-    emotion_control: the emotion-controlled generation evaluation (None = off); probe_splits: probe every
-    stored utterance of these splits (its own features, at most max_probe_clips, seeded) instead of the
-    held-out rows' prompts, so that the probes' test sets are large enough to judge their goals."""
-
-    max_items: int = 400
-    seed: int = 0
-    batch_size: int = 8
-    n_prompts: int = 8
-    test_fraction: float = 0.3
-    min_per_class: int = 3
-    device: str = "auto"
-    emotion_control: EmotionControlOptions | None = None
-    probe_splits: tuple[str, ...] = ()
-    max_probe_clips: int = 4000
-
-
-@dataclass
-class StageResult:
-    name: str
-    export_dir: Path
-    n_rows: int
-    losses: dict[str, float]
-    probes: dict[str, ProbeResult | None]
-    sampling: dict[str, dict]
-    embeddings: ClipEmbeddings
-    emotion_labels: list[str]
-    curves: dict[int, dict] = field(default_factory=dict)  # the run's metrics.jsonl, {step: metrics}
-    band: tuple[float, float] = DEFAULT_BAND
-    emotion_control: EmotionControlResult | None = None
-
-    def to_json(self) -> dict:
-        return {
-            "name": self.name, "export_dir": str(self.export_dir), "n_rows": self.n_rows,
-            "n_clips": len(self.embeddings.clip_ids), "losses": self.losses,
-            "probes": {k: (v.to_json() if v is not None else None) for k, v in self.probes.items()},
-            "sampling": self.sampling,
-            "emotion_control": self.emotion_control.to_json() if self.emotion_control else None,
-        }  # fmt: skip
-
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
@@ -144,7 +97,7 @@ def evaluate_export(export_dir: str | Path, data_dir: str | Path, name: str,
     if dim != cfg.input_dim:
         raise DataError(f"{data_dir}: features are {dim}-dim, {export_dir} expects model.input_dim={cfg.input_dim}; "
                         "prepare the data for this model")
-    losses = validation_losses(tm, rows, device, options.batch_size)
+    losses = validation_losses(tm, data_dir, device, run_config(export_dir))  # = the run's logged val_loss
     clips = split_clips(data_dir, options.probe_splits, options.max_probe_clips, options.seed) \
         if options.probe_splits else prompt_clips(rows, data_dir)
     emb = embed_clips(uv, clips, device, options.batch_size)
@@ -184,22 +137,6 @@ def summary_line(r: StageResult) -> str:
     return " | ".join(parts)
 
 
-def flat_metrics(results: list[StageResult]) -> dict[str, float | None]:
-    """`<stage>/<metric>` numbers (pipeline receipts, job logs)."""
-    out: dict[str, float | None] = {}
-    for r in results:
-        out[f"{r.name}/val_loss"] = r.losses["val_loss"]
-        for key in PROBES:
-            p = r.probes[key]
-            out[f"{r.name}/{key}"] = p.accuracy if p else None
-        if "greedy" in r.sampling:
-            out[f"{r.name}/stop_rate"] = r.sampling["greedy"]["stop_rate"]
-        for mode, m in (r.emotion_control.modes if r.emotion_control else {}).items():
-            out[f"{r.name}/emotion_control_{mode}_accuracy"] = m.emotion.accuracy if m else None
-            out[f"{r.name}/emotion_control_{mode}_speaker_agreement"] = m.speaker_agreement if m else None
-    return out
-
-
 def stage_names(exports: list[Path]) -> list[str]:
     """A readable unique name per export: `runs/stage2/final` -> `stage2`, other dirs their own name."""
     names = []
@@ -219,8 +156,6 @@ def evaluate_and_report(exports: dict[str, Path], data_dir: str | Path, out_dir:
 
     Returns the report's JSON (`report.json`): per-stage metrics and the goal checks.
     """
-    from indextts_ray.eval.report import write_report
-
     if not exports:
         raise DataError("no exports to evaluate")
     for name, d in exports.items():

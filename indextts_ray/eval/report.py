@@ -17,8 +17,8 @@ from pathlib import Path
 
 from indextts_ray.eval import plots
 from indextts_ray.eval.emotion_control import CONTROL_TARGET, JUDGE_TARGET, MODE_TITLES, EmotionControlSetup
-from indextts_ray.eval.evaluate import PROBE_TITLES, PROBES, EvalOptions, StageResult, flat_metrics
 from indextts_ray.eval.probes import ProbeResult, Z, judge
+from indextts_ray.eval.results import PROBE_TITLES, PROBES, EvalOptions, StageResult, flat_metrics
 
 EMOTION_TARGET = 0.85  # the MeloTTS emotion seed's recognition target
 KEEP_TOLERANCE = 0.05  # Stage 3 "keeps" a probe result within this much of Stage 2

@@ -56,6 +56,20 @@ def test_stage1_learns_and_reports(stage1_run, tiny_dataset):
     assert (run_dir / "best" / "gpt.pth").exists()
 
 
+def test_eval_reports_the_val_loss_training_logged(stage1_run, tiny_dataset):
+    """`indextts-ray eval`'s held-out loss of best/ is the val_loss the loop logged for those weights."""
+    from indextts_ray.eval.losses import run_config, validation_losses
+    from indextts_ray.model.checkpoint_io import load_export
+
+    _, run_dir = stage1_run
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    best = [e for e in events if e["event"] == "best"][-1]
+    loaded = load_export(run_dir / "best", device=torch.device("cpu"))
+    tm = loaded if isinstance(loaded, TrainingModel) else TrainingModel(loaded.cfg, 0, model=loaded)
+    got = validation_losses(tm, tiny_dataset, torch.device("cpu"), run_config(run_dir / "best"))
+    assert got["val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)
+
+
 def test_rerun_after_completion_does_no_work(stage1_run):
     cfg, run_dir = stage1_run
     before = latest_checkpoint(run_dir)
