@@ -232,7 +232,7 @@ def test_feature_size_mismatch_fails_before_any_work(corpus, tmp_path):
 
 
 def test_restart_deletes_only_this_steps_outputs(tmp_path):
-    from indextts_ray.data.prepare import _claim_output_dir
+    from indextts_ray.data.prepare import _check_output_dir, _claim_output_dir
 
     out = tmp_path / "o"
     (out / "train").mkdir(parents=True)
@@ -241,8 +241,9 @@ def test_restart_deletes_only_this_steps_outputs(tmp_path):
     (out / "dataset.json").write_text("{}")
     (out / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match="--restart"):
-        _claim_output_dir(out, "new", restart=False)
-    _claim_output_dir(out, "new", restart=True)
+        _check_output_dir(out, "new", restart=False)
+    assert (out / "plan.json").is_file() and (out / "train/shard-00000.arrow").is_file()  # the check writes nothing
+    _claim_output_dir(out, "new", restart=_check_output_dir(out, "new", restart=True))
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "plan.json"]
     assert json.loads((out / "plan.json").read_text())["fingerprint"] == "new"
 
