@@ -96,7 +96,8 @@ def ingest_spec(cfg: Config) -> IngestSpec:
                      emotion_reference=tc.emotion_reference)
 
 
-def build_trainer(cfg: Config) -> TorchTrainer:
+def build_trainer(cfg: Config, spec: IngestSpec | None = None) -> TorchTrainer:
+    """`spec`: the run's ingest spec when the caller already resolved it (it reads every shard footer)."""
     tc = cfg.train
     sc = tc.scaling
     scaling = ScalingConfig(
@@ -116,7 +117,7 @@ def build_trainer(cfg: Config) -> TorchTrainer:
                                                         os.environ.get("PYTHONPATH")])),
         }},
     )
-    spec = ingest_spec(cfg)
+    spec = spec or ingest_spec(cfg)
     planner_actor(spec)  # lives as long as this driver: plans survive worker-group restarts and resizes
     return TorchTrainer(
         train_loop_per_worker,
@@ -159,17 +160,18 @@ def run_training(cfg: Config):
         log.info("%s finished at step %d with this config: nothing to do (change e.g. train.max_steps or "
                  "train.epochs to train on)", run_dir, finished["step"])
         return None
-    check_resume_data(run_dir, ingest_spec(cfg))
+    spec = ingest_spec(cfg)
+    check_resume_data(run_dir, spec)
     for change in check_resume(run_dir, cfg):  # refuses plan/architecture changes before Ray starts
         log.info("resume: %s (from this config)", change)
     if not ray.is_initialized():
         from indextts_ray.ray_connect import connect
 
         connect(log_to_driver=True)  # RAY_ADDRESS, a live `ray start` cluster, or a local Ray; never a stale one
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, spec)
     try:
         result = trainer.fit()
     finally:
-        release_planner(trainer.train_loop_config["_ingest"])
+        release_planner(spec)
     log.info("stage %d finished: %s", cfg.train.stage, result.checkpoint.path if result.checkpoint else "no checkpoint")
     return result
