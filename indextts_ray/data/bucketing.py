@@ -92,3 +92,16 @@ class RankSchedule:
         """Plan indices of this rank's micro-batches for the `step_in_run`-th step from `position`."""
         base = self.position + step_in_run * self.per_step
         return [base + k * self.world_size + self.rank for k in range(self.grad_accum)]
+
+
+def rank_steps(n_entries, world_size: int, rank: int, grad_accum: int, epoch: int, position: int,
+               last_epoch: int):
+    """This rank's optimizer steps from (`epoch`, `position`) to the end of epoch `last_epoch - 1`, across epoch
+    boundaries: (epoch, step from the epoch's start position, steps from there in the epoch, plan entries of its
+    micro-batches). `n_entries(epoch)` is the size of that epoch's plan; epochs too small for one global step
+    yield nothing. The planner serves a rank's stream from this sequence and the loop checks it against it."""
+    while epoch < last_epoch:
+        schedule = RankSchedule(n_entries(epoch), world_size, rank, grad_accum, position)
+        for i in range(schedule.steps_left):
+            yield epoch, i, schedule.steps_left, schedule.micro_batches(i)
+        epoch, position = epoch + 1, 0

@@ -8,10 +8,13 @@
                               + a prompt drawn per target and epoch  --> [fetch] tasks: target rows +    -> rows grouped by
                               + a random crop per prompt                   prompt rows from the store,     `entry` -> collate
                               cursor per (split, rank): plan indices       prompt cropped, fp16 bytes
+                              (training: lazily, epoch after epoch)
 
 The plan is a pure function of (corpus, seed, epoch, settings), computed once per epoch in the planner, so no
 worker holds a corpus-sized table; a worker tells the planner which plan entries it consumes next (its
-cursor: resume position, world size, accumulation) and then iterates its dataset. `IngestDataConfig` gives
+cursor: resume position, world size, accumulation) and then iterates its dataset. A training cursor runs to
+the end of the run, so one stream crosses epoch boundaries without stopping (a new stream is opened only after
+a rollback that replays data). `IngestDataConfig` gives
 every rank its own ordered dataset (Ray's streaming split assigns blocks to whichever rank asks first, which
 would break exact resume and elastic re-splitting); ranks take plan entries k*world_size + r as before.
 
@@ -22,6 +25,7 @@ drawn among train rows, those of val targets among train and val rows of the spe
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +35,7 @@ import pyarrow as pa
 import ray
 from ray.train import DataConfig
 
-from indextts_ray.data.bucketing import BucketingSettings, plan_epoch
+from indextts_ray.data.bucketing import BucketingSettings, plan_epoch, rank_steps
 from indextts_ray.data.config import PromptConfig
 from indextts_ray.data.features.base import FRAME_RATE
 from indextts_ray.data.pairing import column_codes
@@ -195,7 +199,7 @@ class IngestPlanner:
         self.spec = spec
         self.index = CorpusIndex(spec)
         self._plans: dict[tuple, EpochPlan] = {}
-        self._cursors: dict[tuple[str, int], tuple[tuple, list[int]]] = {}
+        self._cursors: dict[tuple[str, int], _Cursor] = {}
 
     def _plan(self, split: str, epoch: int, world_size: int = 1) -> EpochPlan:
         key = (split, epoch if split == "train" else VAL_EPOCH, 1 if split == "train" else world_size)
@@ -229,8 +233,19 @@ class IngestPlanner:
     def set_cursor(self, split: str, rank: int, epoch: int, entries: list[int], world_size: int = 1) -> int:
         """The plan entries rank `rank` reads next (in order) when it iterates its dataset."""
         self._plan(split, epoch, world_size)
-        self._cursors[(split, rank)] = ((split, epoch, world_size), list(entries))
+        self._cursors[(split, rank)] = _Cursor(split, world_size, iter([(epoch, np.asarray(entries, np.int64))]))
         return len(entries)
+
+    def run_cursor(self, rank: int, epoch: int, position: int, world_size: int, grad_accum: int,
+                   last_epoch: int) -> None:
+        """Rank `rank`'s training entries from (epoch, position) to the end of the run, across epochs, so one
+        stream serves the whole run and the next epoch's batches are already in flight when an epoch ends.
+        Expanded as the stream reads (an epoch's plan is computed when its first entry is asked for)."""
+        steps = rank_steps(lambda e: self.n_entries("train", e), world_size, rank, grad_accum, epoch, position,
+                           last_epoch)
+        by_epoch = ((e, np.asarray([j for _, _, _, js in group for j in js], np.int64))
+                    for e, group in itertools.groupby(steps, key=lambda step: step[0]))
+        self._cursors[("train", rank)] = _Cursor("train", 1, by_epoch)
 
     def val_cursor(self, rank: int, world_size: int, max_entries: int | None = None) -> int:
         n = len(self._plan("val", VAL_EPOCH, world_size).batches)
@@ -238,9 +253,33 @@ class IngestPlanner:
         return self.set_cursor("val", rank, VAL_EPOCH, mine[:max_entries] if max_entries else mine, world_size)
 
     def entries(self, split: str, rank: int, start: int, count: int) -> list[dict]:
-        (split_, epoch, world_size), cursor = self._cursors[(split, rank)]
-        plan = self._plan(split_, epoch, world_size)
-        return [{**plan.entry(j), "epoch": epoch} for j in cursor[start:start + count]]
+        cursor = self._cursors[(split, rank)]
+        return [{**self._plan(split, epoch, cursor.world_size).entry(int(j)), "epoch": epoch}
+                for epoch, j in cursor.take(start, count)]
+
+
+class _Cursor:
+    """A rank's plan entries in stream order: (epoch, entries) chunks pulled from `chunks` as reads reach them
+    and kept as int arrays (a retried generator task may read again from the start)."""
+
+    def __init__(self, split: str, world_size: int, chunks: Iterator[tuple[int, np.ndarray]]):
+        self.split, self.world_size = split, world_size
+        self._chunks = chunks
+        self._held: list[tuple[int, np.ndarray]] = []
+        self._size = 0
+
+    def take(self, start: int, count: int) -> list[tuple[int, int]]:
+        while self._size < start + count and (chunk := next(self._chunks, None)) is not None:
+            self._held.append(chunk)
+            self._size += len(chunk[1])
+        out, offset = [], 0
+        for epoch, entries in self._held:
+            lo, hi = max(start - offset, 0), min(start + count - offset, len(entries))
+            out.extend((epoch, int(j)) for j in entries[lo:hi])
+            offset += len(entries)
+            if offset >= start + count:
+                break
+        return out
 
 
 _PLANNERS: dict[str, object] = {}  # the driver's handles: a named actor dies with its last handle

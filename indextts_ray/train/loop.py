@@ -8,8 +8,8 @@
     setup_data        the run's planner (epoch plans) and this rank's Ray Data stream; steps per epoch
     restore           the last registered checkpoint: weights, optimizer, schedule, scaler, `RunState`
     setup_adversary   GRL λ and speaker-loss weight: the band controller's (Stage 2) or the config's
-    train             per epoch, per step: micro-batches -> optimizer step (or a guard skip) -> band control
-                      -> log -> validate -> checkpoint
+    train             one stream across epochs (`open_stream`); per step: micro-batches -> optimizer step (or a
+                      guard skip) -> band control -> log -> validate -> checkpoint
 
 Stages differ only in `cfg.train` (frozen modules, lr, loss weights, init checkpoint, data subset). Everything
 that must survive a restart is the `RunState` (train/state.py), saved whole with every checkpoint.
@@ -26,6 +26,7 @@ Features, their flags, and what raises:
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -44,7 +45,7 @@ import torch
 import torch.distributed as dist
 
 from indextts_ray.config import Config, config_hash
-from indextts_ray.data.bucketing import RankSchedule
+from indextts_ray.data.bucketing import rank_steps
 from indextts_ray.data.ingest import check_same_data, data_fingerprint, get_planner, micro_batches
 from indextts_ray.data.mixing import DatasetMeter
 from indextts_ray.data.speakers import load_speaker_mapping
@@ -221,70 +222,90 @@ class Recipe:
     # ---------------------------------------------------------------- the loop
 
     def train(self) -> None:
-        """Epochs of optimizer steps until `max_steps`/`epochs`, or early stopping."""
-        tc = self.tc
-        while self.state.step < self.state.total_steps and self.state.epoch < tc.epochs and not self.stopper.stopped:
-            s = self.state
-            schedule, steps_here, prefetch, stream = self.open_epoch()
-            diverged = False
-            for i in range(steps_here):
-                end_of_epoch = i == schedule.steps_left - 1
-                t0 = time.perf_counter()
-                batches = prefetch.get(i)
-                data_s = time.perf_counter() - t0
-                step = self.forward_backward(batches)
-                if not self.optimizer_step(step):  # the spike guard skipped it
-                    self.next_position(end_of_epoch)
-                    continue
-                self.window.add(time.perf_counter() - t0, data_s, step.tokens, step.flops)
-                if self.band_control(step):  # a divergence: back to the last checkpoint, then plan again
-                    diverged = True
-                    break
-                if s.step % tc.logging.every_steps == 0 or i == steps_here - 1:
-                    self.log_step(step)
-                run_done = s.step >= s.total_steps
-                self.next_position(end_of_epoch)  # a checkpoint taken now resumes at the next epoch's start
-                val = None
-                if s.step % tc.eval_every_steps == 0 or run_done:
-                    val = self.validate()
-                    run_done = self.after_validation(val) or run_done
-                if self.checkpoint_due(end_of_epoch or run_done):
-                    self.save_checkpoint(val)
-                if self.stopper.stopped:
-                    break
+        """Optimizer steps until `max_steps`/`epochs`, or early stopping, from one stream that crosses epochs (a
+        new one only after a rollback that replays data)."""
+        while self.running():
+            prefetch, stream = self.open_stream()
+            diverged = self.run_stream(prefetch)
             prefetch.close()  # stops and joins the reader thread, so the stream can be closed here
             stream.close()
             if diverged:
                 self.rollback("band control divergence", replay_data=True)
-            elif steps_here == 0:  # nothing left in this epoch (fewer batches than one global step)
-                s.epoch, s.position = s.epoch + 1, 0
+            elif self.running():  # the stream ran out: the remaining epochs are too small for one global step
+                self.state.epoch, self.state.position = self.tc.epochs, 0
 
-    def open_epoch(self) -> tuple[RankSchedule, int, Prefetcher, object]:
-        """Point this rank's cursor at its entries of the epoch from the data position; start prefetching its
-        steps. Returns the schedule, the steps to run in this epoch, the prefetcher and the stream."""
-        s, rank = self.state, self.rank
-        n_entries = ray.get(self.planner.n_entries.remote("train", s.epoch))
-        schedule = RankSchedule(n_entries, self.world_size, rank, self.grad_accum, s.position)
-        steps_here = min(schedule.steps_left, s.total_steps - s.step)
-        # this rank's entries of the epoch, in order, from the resume position: the stream serves exactly these
-        ray.get(self.planner.set_cursor.remote("train", rank, s.epoch,
-                                               [j for i in range(steps_here) for j in schedule.micro_batches(i)]))
+    def running(self) -> bool:
+        s = self.state
+        return s.step < s.total_steps and s.epoch < self.tc.epochs and not self.stopper.stopped
+
+    def run_stream(self, prefetch: Prefetcher) -> bool:
+        """Steps from the stream until the run is done; True when band control asks for a rollback."""
+        s, tc = self.state, self.tc
+        while self.running():
+            t0 = time.perf_counter()
+            try:
+                epoch, i, steps_in_epoch, batches = prefetch.get()
+            except StopIteration:
+                return False
+            data_s = time.perf_counter() - t0
+            if i == 0 or self.epoch_rows is None:
+                self.begin_epoch(epoch)
+            end_of_epoch = i == steps_in_epoch - 1
+            step = self.forward_backward(batches)
+            if not self.optimizer_step(step):  # the spike guard skipped it
+                self.next_position(end_of_epoch)
+                continue
+            self.window.add(time.perf_counter() - t0, data_s, step.tokens, step.flops)
+            if self.band_control(step):  # a divergence: back to the last checkpoint, then a new stream
+                return True
+            run_done = s.step >= s.total_steps
+            if s.step % tc.logging.every_steps == 0 or end_of_epoch or run_done:
+                self.log_step(step)
+            self.next_position(end_of_epoch)  # a checkpoint taken now resumes at the next epoch's start
+            val = None
+            if s.step % tc.eval_every_steps == 0 or run_done:
+                val = self.validate()
+                run_done = self.after_validation(val) or run_done
+            if self.checkpoint_due(end_of_epoch or run_done):
+                self.save_checkpoint(val)
+        return False
+
+    def open_stream(self) -> tuple[Prefetcher, object]:
+        """Point this rank's cursor at its entries from the data position to the end of the run and start
+        prefetching its steps: (epoch, step in the epoch, steps in the epoch, collated micro-batches)."""
+        s, rank, ws, accum = self.state, self.rank, self.world_size, self.grad_accum
+        ray.get(self.planner.run_cursor.remote(rank, s.epoch, s.position, ws, accum, self.tc.epochs))
         stream = micro_batches(self.train_shard)
-        # rows per dataset this epoch (mixture logs): the part before the resume position is counted on rank 0 only
+        self.epoch_rows = None
+
+        @functools.cache
+        def n_entries(epoch: int) -> int:
+            return ray.get(self.planner.n_entries.remote("train", epoch))
+
+        def steps():
+            for epoch, i, steps_in_epoch, entries in rank_steps(n_entries, ws, rank, accum, s.epoch, s.position,
+                                                                self.tc.epochs):
+                out = []
+                for j in entries:
+                    t = next(stream)
+                    got = int(t.column("entry")[0].as_py())
+                    if got != j:  # the stream must serve the cursor, in order
+                        raise RuntimeError(f"ingest stream out of order: got plan entry {got}, expected {j} (epoch "
+                                           f"{epoch})")
+                    out.append((collate(t, self.speaker_to_id), batch_ids(t), padding_of(t),
+                                int(t.column("dataset")[0].as_py()), j))
+                yield epoch, i, steps_in_epoch, out
+
+        return Prefetcher(steps()), stream
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Entering `epoch` (or resuming inside it): rows per dataset so far this epoch, for the mixture logs; the
+        part before the resume position is counted on rank 0 only."""
+        s = self.state
+        if epoch != s.epoch:  # epochs too small for one global step were passed over
+            s.epoch, s.position = epoch, 0
         self.epoch_rows = np.asarray(ray.get(self.planner.rows_per_dataset.remote("train", s.epoch, s.position))
-                                     if rank == 0 else np.zeros(len(self.mixture_names or [0])), dtype=np.int64)
-
-        def next_step(i: int):
-            out = []
-            for j in schedule.micro_batches(i):
-                t = next(stream)
-                if int(t.column("entry")[0].as_py()) != j:  # the stream must serve the cursor, in order
-                    raise RuntimeError(f"ingest stream out of order: got plan entry {t.column('entry')[0]}, expected {j}")
-                out.append((collate(t, self.speaker_to_id), batch_ids(t), padding_of(t),
-                            int(t.column("dataset")[0].as_py()), j))
-            return out
-
-        return schedule, steps_here, Prefetcher(next_step, steps_here), stream
+                                     if self.rank == 0 else np.zeros(len(self.mixture_names or [0])), dtype=np.int64)
 
     def forward_backward(self, batches: list) -> Step:
         """This rank's micro-batches (gradient sync on the last only), then one all-reduce of the step's numbers."""

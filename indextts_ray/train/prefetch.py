@@ -4,38 +4,44 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Iterable
+
+_END = object()
 
 
 class Prefetcher:
-    """`get(i)` returns `produce(i)` for i = 0, 1, ... in order; at most `depth` items are computed ahead."""
+    """`get()` returns the items of `items` in order, each computed on a background thread at most `depth` items
+    ahead of the consumer; after the last one it raises StopIteration. An error while producing an item is raised
+    by the `get()` that would have returned it."""
 
-    def __init__(self, produce: Callable[[int], object], n: int, depth: int = 2):
+    def __init__(self, items: Iterable, depth: int = 2):
         self._q: queue.Queue = queue.Queue(maxsize=depth)
-        self._next = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(produce, n), daemon=True)
+        self._done = False
+        self._thread = threading.Thread(target=self._run, args=(items,), daemon=True)
         self._thread.start()
 
-    def _run(self, produce, n: int) -> None:
-        for i in range(n):
-            if self._stop.is_set():
-                return
-            try:
-                item = (i, produce(i), None)
-            except BaseException as e:  # handed to the consumer, raised there with its traceback
-                item = (i, None, e)
-            self._q.put(item)
-            if item[2] is not None:
-                return
+    def _run(self, items: Iterable) -> None:
+        try:
+            for value in items:
+                if self._stop.is_set():
+                    return
+                self._q.put((value, None))
+        except BaseException as e:  # handed to the consumer, raised there with its traceback
+            self._q.put((None, e))
+            return
+        self._q.put((_END, None))
 
-    def get(self, i: int):
-        if i != self._next:
-            raise IndexError(f"prefetcher expects item {self._next}, asked for {i}")
-        idx, value, err = self._q.get()
-        self._next += 1
+    def get(self):
+        if self._done:
+            raise StopIteration
+        value, err = self._q.get()
+        if err is not None or value is _END:
+            self._done = True
         if err is not None:
             raise err
+        if value is _END:
+            raise StopIteration
         return value
 
     def close(self, timeout: float = 120.0) -> None:

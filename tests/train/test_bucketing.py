@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from indextts_ray.data.bucketing import BucketingSettings, RankSchedule, padding_fraction, plan_epoch
+from indextts_ray.data.bucketing import (
+    BucketingSettings,
+    RankSchedule,
+    padding_fraction,
+    plan_epoch,
+    rank_steps,
+)
 
 
 def realistic_lengths(n=5000, seed=0):
@@ -73,3 +79,13 @@ def test_resume_with_other_world_size_continues_the_same_order():
     assert len(seen) == len(set(seen))  # nothing twice
     assert sorted(seen) == list(range(len(seen)))
     assert len(seen) == n_batches - second[0].dropped
+
+
+def test_rank_steps_cross_epochs_from_a_resume_position():
+    sizes = {3: 21, 4: 3, 5: 17}  # epoch 4 is too small for one global step of 2 ranks x 2
+    got = list(rank_steps(sizes.get, 2, 1, 2, epoch=3, position=8, last_epoch=6))
+    expect = [(3, i, 3, RankSchedule(21, 2, 1, 2, 8).micro_batches(i)) for i in range(3)] + \
+             [(5, i, 4, RankSchedule(17, 2, 1, 2).micro_batches(i)) for i in range(4)]
+    assert got == expect
+    assert got[0][3] == [9, 11] and got[3][3] == [1, 3]
+    assert list(rank_steps(sizes.get, 2, 0, 2, epoch=6, position=0, last_epoch=6)) == []
