@@ -66,7 +66,7 @@ def plain_worker(rank: int, world_size: int, cfg_json: str, steps: int, port: in
     torch.manual_seed(cfg.run.seed)
     model = TrainingModel(cfg.model, n_speakers=0)
     freeze_modules(model, tc)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world_size > 1 else model
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
     optimizer = make_optimizer(model, tc)
     spec = ingest_spec(cfg)
     index, store = CorpusIndex(spec), RowStore([Path(f) for f in spec.files], np.asarray(spec.counts))

@@ -72,6 +72,8 @@ METRIC_KEYS = ("loss", "text_loss", "mel_loss", "mel_top1", "mel_top5", "speaker
                "emotion_loss", "emotion_acc", "emotion_table_loss")
 # training head -> the loss weight that uses it
 HEAD_LOSSES = {"speaker_classifier": "speaker", "emotion_classifier": "emotion", "emotion_table": "emotion_table"}
+LM_HEAD_LOSSES = {"text_head": "text", "mel_head": "mel"}  # UnifiedVoice's output heads
+_READ_KEYS = tuple(dict.fromkeys((*METRIC_KEYS, "loss", "n_mel_tokens", "n_text_tokens")))
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -198,8 +200,10 @@ class Recipe:
     def setup_logging(self) -> None:
         tc, rank = self.tc, self.rank
         self.attempt = [self.state.step, self.world_size]  # this worker group's run in audits (restarts redo steps)
+        # every trainable parameter gets a gradient each step (freeze_modules), so DDP skips the unused-parameter
+        # search (a graph walk per step, and a warning in every worker log)
         self.ddp_model = ray.train.torch.prepare_model(self.model, parallel_strategy_kwargs={
-            "find_unused_parameters": True}) if self.world_size > 1 and not self.sharded else self.model
+            "find_unused_parameters": False}) if self.world_size > 1 and not self.sharded else self.model
         self.tracker = Tracker(rank, self.run_dir, self.cfg.run.name, self.cfg.model_dump(mode="json"), tc.logging)
         (self.run_dir / "workers").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "workers" / f"rank{rank}.pid").write_text(str(os.getpid()))
@@ -332,13 +336,15 @@ class Recipe:
                 # one share a step number
                 self.audit.write(json.dumps({"attempt": self.attempt, "epoch": s.epoch, "step": s.step,
                                              "position": s.position, "rank": self.rank, "micro": k, "ids": ids}) + "\n")
+            # detached, and one device-to-host copy for all of them (not one sync per metric)
+            got = dict(zip(_READ_KEYS, torch.stack([out[k].detach().float() for k in _READ_KEYS]).tolist()))
             for key in METRIC_KEYS:
-                sums[key] = sums.get(key, 0.0) + float(out[key]) / len(batches)
-            micro_losses.append(float(out["loss"]))
+                sums[key] = sums.get(key, 0.0) + got[key] / len(batches)
+            micro_losses.append(got["loss"])
             if self.meter is not None:
-                self.meter.add(dataset, float(out["mel_loss"]), float(out["n_mel_tokens"]))
+                self.meter.add(dataset, got["mel_loss"], got["n_mel_tokens"])
                 self.epoch_rows[dataset] += len(ids)
-            n = float(out["n_mel_tokens"] + out["n_text_tokens"])
+            n = got["n_mel_tokens"] + got["n_text_tokens"]
             tokens += n
             flops += n * flops_per_token(self.cfg.model, gpt_seq_len(self.cfg.model, batch["text_ids"].shape[1],
                                                                      batch["codes"].shape[1]))
@@ -616,9 +622,13 @@ def freeze_modules(model: TrainingModel, tc) -> dict:
         for p in module.parameters():
             p.requires_grad_(False)
         frozen[name] = sum(p.numel() for p in module.parameters())
-    for head, weight in HEAD_LOSSES.items():
-        module = getattr(model.heads, head, None)
-        if module is not None and getattr(tc.loss, weight) == 0:  # unused head: keep it out of DDP and AdamW
+    # a head whose loss weight is 0 runs without grad (metrics only): freeze it, so DDP and AdamW never see a
+    # parameter without a gradient (DDP then needs no find_unused_parameters graph walk)
+    heads = [(model.heads, h, w) for h, w in HEAD_LOSSES.items()] + [(model.model, h, w)
+                                                                     for h, w in LM_HEAD_LOSSES.items()]
+    for owner, head, weight in heads:
+        module = getattr(owner, head, None)
+        if module is not None and getattr(tc.loss, weight) == 0:
             for p in module.parameters():
                 p.requires_grad_(False)
     total = sum(p.numel() for p in model.parameters())

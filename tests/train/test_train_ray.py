@@ -246,3 +246,15 @@ def test_fsdp_rerun_after_a_crash_matches_uninterrupted_run(tiny_dataset, ray_lo
     official = TrainingModel(load_config(REPO / "configs/model/tiny.yaml")).model.state_dict()
     assert list(torch.load(out / "gpt.pth", weights_only=True)) == list(official)
     assert (run_dir / "best" / "gpt.pth").exists()
+
+
+def test_worker_logs_have_no_ddp_unused_parameter_or_scalar_grad_warnings(stage1_run):
+    """2-rank DDP: every trainable parameter gets a gradient (no `find_unused_parameters` walk, no warning about
+    it) and metrics are read detached (no `requires_grad` scalar warning) in any worker log of the session."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    text = "".join(p.read_text(errors="replace") for p in logs.glob("worker-*") if p.is_file())
+    assert "worker-" in " ".join(p.name for p in logs.iterdir())  # the logs are where we look
+    assert "find_unused_parameters" not in text
+    assert "requires_grad=True to a scalar" not in text
