@@ -146,13 +146,25 @@ def run_synth(cfg: Config) -> dict:
 
 def run_tokenizer(cfg: Config) -> dict:
     """Train a BPE on the corpus text (normalised as prepare does), or extend `pipeline.tokenizer.base`."""
-    from indextts_ray.data.tokenizer import extend_tokenizer, load_tokenizer, manifest_texts, train_tokenizer
+    from indextts_ray.data.tokenizer import (
+        extend_tokenizer,
+        load_tokenizer,
+        manifest_texts,
+        min_vocab_size,
+        train_tokenizer,
+    )
 
     t, data, out = cfg.pipeline.tokenizer, data_config(cfg).data, layout(cfg).tokenizer
     by_lang, skipped = manifest_texts(data.manifest, data.format, data.text)
     if t.base is None:
         texts = [x for xs in by_lang.values() for x in xs]
-        train_tokenizer(texts, out.with_suffix(""), data.tokenizer_vocab_size, t.character_coverage)
+        # as prepare does: at least one piece per character of the corpus (a Korean corpus has hundreds)
+        vocab = max(data.tokenizer_vocab_size, min_vocab_size(texts))
+        if vocab > cfg.model.number_text_tokens:
+            raise ConfigError(f"the corpus needs a tokenizer of at least {vocab} pieces (its distinct characters) > "
+                              f"model.number_text_tokens {cfg.model.number_text_tokens}; set "
+                              f"model.number_text_tokens={vocab} or more")
+        train_tokenizer(texts, out.with_suffix(""), vocab, t.character_coverage)
         return {"vocab_size": load_tokenizer(out).vocab_size, "texts": len(texts), "rows_without_text": skipped}
     if t.language is not None and t.language not in by_lang:
         raise ConfigError(f"pipeline.tokenizer.language={t.language!r}: the manifest has rows of "

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from indextts_ray.config import load_config
-from indextts_ray.data.tokenizer import load_tokenizer, train_tokenizer
+from indextts_ray.data.tokenizer import load_tokenizer, manifest_texts, min_vocab_size, train_tokenizer
 from indextts_ray.errors import ConfigError
 from indextts_ray.pipeline.runner import run_pipeline
 from indextts_ray.pipeline.steps import build_graph, data_config, layout, run_tokenizer
@@ -64,3 +64,19 @@ def test_trains_one_when_there_is_no_base(tmp_path):
     cfg = _cfg(tmp_path, "data.tokenizer_vocab_size=128")
     run_pipeline(cfg, until="tokenizer")
     assert load_tokenizer(layout(cfg).tokenizer).vocab_size == 128
+
+
+def test_a_vocabulary_below_the_corpus_characters_grows_to_cover_them(tmp_path):
+    """ko+en synthetic text has more distinct characters than 24 pieces: the step trains the smallest
+    vocabulary that holds them all (as prepare does), or names the model setting that is too small."""
+    cfg = _cfg(tmp_path, "data.tokenizer_vocab_size=24", "pipeline.synth.languages=[ko,en]")
+    run_pipeline(cfg, until="synth")
+    data = data_config(cfg).data
+    by_lang, _ = manifest_texts(data.manifest, data.format, data.text)
+    need = min_vocab_size([x for xs in by_lang.values() for x in xs])
+    assert need > 24
+    small = cfg.model_copy(update={"model": cfg.model.model_copy(update={"number_text_tokens": need - 1})})
+    with pytest.raises(ConfigError, match=rf"at least {need} pieces .* set model.number_text_tokens={need} or more"):
+        run_tokenizer(small)
+    run_pipeline(cfg, until="tokenizer")
+    assert load_tokenizer(layout(cfg).tokenizer).vocab_size >= need
