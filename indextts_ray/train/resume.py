@@ -61,7 +61,7 @@ def check_resume_config(saved: dict, cfg: Config, run_dir: Path, checkpoint: str
         saved = Config.model_validate(saved).model_dump(mode="json")
     changes = config_changes(saved, cfg.model_dump(mode="json"))
     where = f"{run_dir} (checkpoint {checkpoint})" if checkpoint else str(run_dir)
-    fix = f"start a new run (another run.name), or delete {run_dir} to train from step 0"
+    fix = _fix(run_dir)
     for path, (old, new) in changes.items():
         what = next((v for k, v in FIXED.items() if path == k or path.startswith(k + ".")), None)
         if what is not None:
@@ -86,10 +86,12 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_resume(run_dir: Path, cfg: Config) -> list[str]:
-    """`check_resume_config` against the run's newest checkpoint (none: nothing to check)."""
+def check_resume(run_dir: Path, cfg: Config, spec=None) -> list[str]:
+    """The run's newest checkpoint (none: nothing to check), read once: its data fingerprint against `spec`
+    (the run's `IngestSpec`, when given) and `check_resume_config` against `cfg`. Returns the applied changes."""
     import torch
 
+    from indextts_ray.data.ingest import check_same_data
     from indextts_ray.train.export import latest_checkpoint
     from indextts_ray.train.state import STATE_FILE
 
@@ -97,6 +99,32 @@ def check_resume(run_dir: Path, cfg: Config) -> list[str]:
         ckpt = latest_checkpoint(run_dir)
     except UserError:
         return []
-    # mmap: only the config string is read, not the weights
+    # mmap: only the progress entry and the config string are read, not the weights
     blob = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+    if spec is not None:
+        try:
+            check_same_data(blob["progress"].get("data") or None, spec)
+        except UserError as e:
+            raise UserError(f"{run_dir} (checkpoint {ckpt.name}): {e}; {_fix(run_dir)}") from None
     return check_resume_config(json.loads(blob["config"]), cfg, run_dir, ckpt.name)
+
+
+def _fix(run_dir: Path) -> str:
+    return (f"start a new run (another run.name), or rerun with --restart (deletes {run_dir}) to train from "
+            "step 0")
+
+
+def restart_run(run_dir: Path) -> bool:
+    """Delete a run folder so the run starts from step 0 (`indextts-ray train --restart`). Refuses a folder that
+    does not look like a run (so a mistyped run.output_dir/run.name cannot delete anything else). True when
+    something was deleted."""
+    import shutil
+
+    if not run_dir.exists():
+        return False
+    markers = ("config.resolved.yaml", "checkpoint_manager_snapshot.json", "metrics.jsonl", "finished.json")
+    if not any((run_dir / m).exists() for m in markers) and any(run_dir.iterdir()):
+        raise UserError(f"--restart: {run_dir} is not a training run folder (none of {', '.join(markers)}); "
+                        "check run.output_dir and run.name")
+    shutil.rmtree(run_dir)
+    return True

@@ -15,7 +15,6 @@ from indextts_ray.data.bucketing import BucketingSettings
 from indextts_ray.data.ingest import (
     IngestDataConfig,
     IngestSpec,
-    check_same_data,
     make_spec,
     planner_actor,
     rank_dataset,
@@ -26,7 +25,7 @@ from indextts_ray.data.speakers import load_speaker_mapping
 from indextts_ray.data.store import list_shards
 from indextts_ray.errors import UserError
 from indextts_ray.train.loop import read_finished, train_loop_per_worker
-from indextts_ray.train.resume import check_resume
+from indextts_ray.train.resume import check_resume, restart_run
 
 log = logging.getLogger("indextts_ray.train")
 
@@ -129,31 +128,14 @@ def build_trainer(cfg: Config, spec: IngestSpec | None = None) -> TorchTrainer:
     )
 
 
-def check_resume_data(run_dir: Path, spec: IngestSpec) -> None:
-    """A run resumes only on the data it was trained on: fail here, before Ray starts, with the fix named."""
-    import torch
-
-    from indextts_ray.train.export import latest_checkpoint
-    from indextts_ray.train.state import STATE_FILE
-
-    try:
-        ckpt = latest_checkpoint(run_dir)
-    except UserError:
-        return  # nothing to resume
-    # mmap: only the progress entry is read, not the weights
-    blob = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
-    try:
-        check_same_data(blob["progress"].get("data") or None, spec)
-    except UserError as e:
-        raise UserError(f"{run_dir} (checkpoint {ckpt.name}): {e}") from None
-
-
-def run_training(cfg: Config):
+def run_training(cfg: Config, restart: bool = False):
     """Fit one stage. Rerunning with the same run.output_dir + run.name resumes, or returns None at once when
-    the run finished with the same config (no Ray start)."""
+    the run finished with the same config (no Ray start); `restart` deletes the run folder first (step 0)."""
     cfg = absolutize(cfg)
     check_inputs(cfg)
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    if restart and restart_run(run_dir):
+        log.info("--restart: deleted %s; training from step 0", run_dir)
     write_resolved_config(cfg, run_dir)
     finished = read_finished(run_dir)
     if finished is not None and finished["config_hash"] == config_hash(cfg):
@@ -161,8 +143,7 @@ def run_training(cfg: Config):
                  "train.epochs to train on)", run_dir, finished["step"])
         return None
     spec = ingest_spec(cfg)
-    check_resume_data(run_dir, spec)
-    for change in check_resume(run_dir, cfg):  # refuses plan/architecture changes before Ray starts
+    for change in check_resume(run_dir, cfg, spec):  # refuses other data, plan or architecture before Ray starts
         log.info("resume: %s (from this config)", change)
     if not ray.is_initialized():
         from indextts_ray.ray_connect import connect

@@ -85,3 +85,35 @@ def test_band_control_continues_or_restarts_on_resume(tiny_dataset, tmp_path):
     changed = _cfg(tiny_dataset, tmp_path, "train.grl_lambda=2.0").train
     notes = resolve_adversary(state, changed, controller_for(changed), resumed=True)
     assert state.grl_lambda == 2.0 and "restarts from train.grl_lambda=2" in notes[0]
+
+
+def test_restart_deletes_the_run_and_refuses_a_folder_that_is_not_one(tiny_dataset, tmp_path):
+    from indextts_ray.train.resume import restart_run
+
+    cfg = _cfg(tiny_dataset, tmp_path)
+    run_dir = _fake_checkpoint(cfg).parent
+    with pytest.raises(UserError, match="rerun with --restart"):
+        run_training(_cfg(tiny_dataset, tmp_path, "run.seed=7"))
+    (run_dir / "config.resolved.yaml").write_text("# written by the driver\n")
+    assert restart_run(run_dir) and not run_dir.exists()
+    assert not restart_run(run_dir)  # nothing there: nothing to do
+    other = tmp_path / "not-a-run"
+    (other / "keep").mkdir(parents=True)
+    with pytest.raises(UserError, match="not a training run folder"):
+        restart_run(other)
+    assert (other / "keep").is_dir()
+
+
+def test_train_cli_passes_restart(monkeypatch, tiny_dataset, tmp_path):
+    import argparse
+
+    from indextts_ray.commands import train_cmd
+
+    seen = {}
+    monkeypatch.setattr("indextts_ray.train.trainer.run_training", lambda cfg, restart=False: seen.update(r=restart))
+    monkeypatch.setattr("indextts_ray.train.export.export_run", lambda src, dst: dst)
+    p = argparse.ArgumentParser()
+    train_cmd.add_arguments(p)
+    args = p.parse_args(["--config", str(REPO / "configs/demo/stage1.yaml"), "--restart",
+                         f"train.data_dir={tiny_dataset}", f"run.output_dir={tmp_path}"])
+    assert train_cmd.run(args) == 0 and seen == {"r": True}

@@ -116,6 +116,14 @@ def test_stage2_grl_reaches_emotion_encoder_not_speaker_encoder(stage1_run, tiny
         assert any(not torch.equal(before[k], after[k]) for k in _params(before, prefix)), prefix
     m = read_metrics(tmp_path / "s2")
     assert all(0.0 <= m[s]["speaker_acc"] <= 1.0 and m[s]["speaker_loss"] > 0 for s in m if "speaker_loss" in m[s])
+    # resumed with band control off and another λ/weight: the config's values drive the resumed steps
+    run_training(stage_cfg(2, tiny_dataset, tmp_path, "s2", f"train.init_checkpoint={init}", "train.max_steps=6",
+                           f"train.speaker_mapping={tiny_dataset / 'speaker_mapping.json'}", "train.band.enabled=false",
+                           "train.grl_lambda=2.5", "train.loss.speaker=0.3"))
+    m = read_metrics(tmp_path / "s2")
+    assert sorted(m) == [1, 2, 3, 4, 5, 6] and _state(tmp_path / "s2")["progress"]["step"] == 6
+    assert [(m[s]["grl_lambda"], m[s]["speaker_weight"]) for s in (5, 6)] == [(2.5, 0.3)] * 2
+    assert (m[4]["grl_lambda"], m[4]["speaker_weight"]) != (2.5, 0.3)
 
 
 def test_stage3_freezes_conditioning(stage1_run, tiny_dataset, tmp_path):
