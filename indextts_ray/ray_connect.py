@@ -56,12 +56,14 @@ def _job_env_vars() -> dict:
     return (json.loads(raw).get("runtime_env") or {}).get("env_vars", {}) if raw else {}
 
 
-def connect(local: dict | None = None, **init_kwargs) -> str:
+def connect(local: dict | None = None, fresh: bool = False, **init_kwargs) -> str:
     """Connect this process to Ray (see the module doc) unless it already is; returns the GCS address.
 
     Args:
         local: `ray.init` arguments for a local Ray only (num_cpus, include_dashboard...: Ray refuses them
             when joining a cluster).
+        fresh: always start a local Ray of this process's own, whatever `RAY_ADDRESS` and the address file say
+            (tests and benchmarks: hermetic, and never sent to a dead or foreign cluster).
         init_kwargs: `ray.init` arguments in every case (log_to_driver...).
     """
     import ray
@@ -70,10 +72,10 @@ def connect(local: dict | None = None, **init_kwargs) -> str:
         return ray.get_runtime_context().gcs_address
     env = {} if sys.stdout.isatty() else dict(QUIET_PROGRESS)
     os.environ.update({k: v for k, v in env.items() if k not in os.environ})
-    wanted = os.environ.get("RAY_ADDRESS") or None
+    wanted = None if fresh else os.environ.get("RAY_ADDRESS") or None
     if wanted == "auto":
         wanted = None
-    from_file = wanted is None
+    from_file = wanted is None and not fresh
     if from_file:
         path = address_file()
         current = open(path).read().strip() if os.path.isfile(path) else None
@@ -115,12 +117,20 @@ def simulated_cluster(**head_args):
 
     path = address_file()
     before = open(path).read().strip() if os.path.isfile(path) else None
+    env_before = os.environ.get("RAY_ADDRESS")
     cluster = Cluster(initialize_head=True, head_node_args=head_args)
+    # this process's Ray helpers (State API, Train's placement-group cleaner) must use this cluster, not an
+    # inherited RAY_ADDRESS (e.g. a test session's own Ray)
+    os.environ["RAY_ADDRESS"] = cluster.address
     try:
         yield cluster
     finally:
         ray.shutdown()
         cluster.shutdown()
+        if env_before is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = env_before
         now = open(path).read().strip() if os.path.isfile(path) else None
         if now is not None and now != before:
             if before is not None and reachable(before):

@@ -32,8 +32,11 @@ def ray_local():
     """One local Ray for the whole test session (2 CPUs; workers take fractions)."""
     import ray
 
+    from indextts_ray.ray_connect import connect
+
     if not ray.is_initialized():
-        # with the dashboard (127.0.0.1, a free port): Ray Train's cleanup of stopped runs uses its State API
-        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=free_ports(1)[0],
-                 log_to_driver=False)
+        # the project's own connect (its address exported to every Ray helper), always a local Ray of the
+        # session's own; with the dashboard (127.0.0.1, a free port): Train's cleanup of stopped runs uses it
+        connect(local={"num_cpus": 2, "include_dashboard": True, "dashboard_port": free_ports(1)[0]}, fresh=True,
+                log_to_driver=False)
     yield

@@ -314,8 +314,11 @@ def _run_shards(pending: list[tuple], ctx: ShardContext) -> list[dict]:
     import ray
 
     if not ray.is_initialized():
+        from indextts_ray.ray_connect import connect
+
+        # RAY_ADDRESS, a live `ray start` cluster or a local Ray (never a stale one), its address passed on;
         # with the dashboard: later steps on this Ray (Train's cleanup of stopped runs) need its State API
-        ray.init(log_to_driver=True)
+        connect(log_to_driver=True)
     items = [{"split": p.split, "index": p.index, "key": key, "rows": p.ipc_bytes()} for p, key in pending]
     data = ctx.data
     ds = ray.data.from_items(items, override_num_blocks=len(items))

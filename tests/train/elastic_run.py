@@ -18,13 +18,18 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "15")  # scale-d
 
 
 def main(data_dir: str, out_dir: str, rejoin: bool) -> None:
+    from indextts_ray.ray_connect import simulated_cluster
+
+    with simulated_cluster(num_cpus=1) as cluster:  # torn down whatever happens, RAY_ADDRESS pointed at it
+        run(cluster, data_dir, out_dir, rejoin)
+
+
+def run(cluster, data_dir: str, out_dir: str, rejoin: bool) -> None:
     import ray
-    from ray.cluster_utils import Cluster
 
     from indextts_ray.config import load_config
     from indextts_ray.train.trainer import run_training
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     nodes = [cluster.add_node(num_cpus=1, resources={"trainslot": 1}) for _ in range(2)]
     ray.init(address=cluster.address)
     cfg = load_config(REPO / "configs/demo/stage1.yaml", [
@@ -50,8 +55,6 @@ def main(data_dir: str, out_dir: str, rejoin: bool) -> None:
         cluster.add_node(num_cpus=1, resources={"trainslot": 1})
     thread.join(timeout=400)
     print(json.dumps({"finished": "r" in result, "removed_at": removed_at}), flush=True)
-    ray.shutdown()
-    cluster.shutdown()
 
 
 if __name__ == "__main__":

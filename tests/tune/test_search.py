@@ -139,3 +139,39 @@ def test_tiny_search_completes_then_resumes(tiny_dataset, ray_local, tmp_path):
     changed = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"mel_penalty": 2.0})})
     with pytest.raises(UserError, match="another config"):
         run_tune(changed)
+
+
+def test_a_trial_the_scheduler_stops_frees_its_workers_for_the_next(tiny_dataset, ray_local, tmp_path, monkeypatch):
+    """The scheduler stops the first trial while its TorchTrainer runs (2 workers x 0.45 of the 2 CPUs): the
+    second trial can only start once those are free, and when the search ends nothing is left reserved."""
+    import time
+
+    import ray
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    class StopFirstAtStep1(FIFOScheduler):  # what ASHA does to a hopeless trial, made deterministic
+        def on_trial_result(self, tune_controller, trial, result):
+            first = trial.trial_id == min(t.trial_id for t in tune_controller.get_trials())
+            return TrialScheduler.STOP if first and result["step"] >= 1 else TrialScheduler.CONTINUE
+
+    monkeypatch.setattr("indextts_ray.tune.search._scheduler", lambda tc: StopFirstAtStep1())
+    cfg = load_config(DEMO, [
+        f"train.data_dir={tiny_dataset}", f"run.output_dir={tmp_path}", "run.name=stops",
+        f"train.speaker_mapping={tiny_dataset / 'speaker_mapping.json'}", "train.init_checkpoint=null",
+        "train.batch.max_tokens=400", "train.logging.every_steps=1", "train.warmup_steps=2",
+        "train.eval_every_steps=100", "train.checkpoint.every_steps=100", "train.scaling.cpus_per_worker=0.45",
+        "tune.num_samples=2", "tune.max_steps=12", "tune.window_steps=1", "tune.grace_steps=1",
+        "tune.poll_seconds=0.2", "tune.space={train.lr: {kind: loguniform, low: 1.0e-4, high: 1.0e-3}}",
+    ])
+    out = run_tune(cfg)
+    status = {r["trial"]: (r["status"], r["steps"]) for r in out.rows}
+    first, second = sorted(status)
+    assert status[first][0] == "stopped" and status[second] == ("done", 12), status
+    # stopped while training: its run never finished (so its workers were running when the stop came)
+    assert not (tmp_path / "stops" / "runs" / first / "finished.json").exists()
+    deadline = time.time() + 60  # Ray Train's placement-group cleaner polls: give it a moment
+    while time.time() < deadline and ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        time.sleep(1)
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
+    live = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
+    assert live == []
