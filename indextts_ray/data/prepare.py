@@ -13,6 +13,9 @@ unless `restart=True`, which deletes this step's outputs first. Audio files are 
 rerun with `restart=True`.
 
 Invariant, checked and printed: rows in = rows written + rows rejected.
+
+`data.output_dir` may be an object-store URI (`storage.py`): shard workers upload each shard and receipt as one
+object; the tokenizer and the builtin codebook are made here and uploaded, and read from local copies.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from indextts_ray import storage
 from indextts_ray.config import Config
 from indextts_ray.data.audio import load_checked
 from indextts_ray.data.features.base import FRAME_RATE
@@ -50,7 +55,7 @@ from indextts_ray.data.shares import filter_shares, format_warning
 from indextts_ray.data.stats import build_stats
 from indextts_ray.data.tokenizer import Tokenizer, load_tokenizer, min_vocab_size, train_tokenizer
 from indextts_ray.errors import DataError
-from indextts_ray.io_utils import atomic_write, atomic_write_json, sha256_file
+from indextts_ray.io_utils import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +71,7 @@ _NOT_FINGERPRINTED = {"workers": True, "scan_workers": True, "cpus_per_worker": 
 
 @dataclass
 class PrepareResult:
-    out_dir: Path
+    out_dir: Path | str  # a URI when data.output_dir is one
     stats: dict
     shards_written: int
     shards_skipped: int
@@ -85,7 +90,8 @@ def prepare_dataset(cfg: Config, restart: bool | Literal["if_changed"] = False) 
     if data.features.kind == "builtin":
         _check_builtin_sizes(cfg)
     manifest, _ = resolve_inputs(data)
-    out = Path(data.output_dir).absolute()
+    storage.check_reachable(data.output_dir, "data.output_dir")
+    out = _out_dir(data.output_dir)
     fp = _fingerprint(cfg, manifest)
     restart = _check_output_dir(out, fp, restart)
 
@@ -98,12 +104,12 @@ def prepare_dataset(cfg: Config, restart: bool | Literal["if_changed"] = False) 
     tokenize_table(scan, tok, max_text)
     if data.features.kind == "builtin":
         feat_dim = data.features.n_mels
-        _ensure_codebook(scan, cfg, out / "features")
+        _ensure_codebook(scan, cfg, storage.join(out, "features"))
     else:
         feat_dim = model.input_dim
     plans = plan_shards(scan.table, data, feat_dim)
 
-    ctx = ShardContext(data=data, out_dir=str(out), feature_dir=str(out / "features"), fingerprint=fp,
+    ctx = ShardContext(data=data, out_dir=str(out), feature_dir=storage.join(out, "features"), fingerprint=fp,
                        max_mel_tokens=model.max_mel_tokens, expected_dim=model.input_dim,
                        max_codes=model.start_mel_token)
     receipts, pending = _finished_receipts(plans, out, fp)
@@ -114,13 +120,11 @@ def prepare_dataset(cfg: Config, restart: bool | Literal["if_changed"] = False) 
     rejected = scan.rejected + [row for r in receipts for row in r["rejected"]]
     rejected.sort(key=lambda r: (r["source"], r["line"]))
     stats = build_stats(scan, receipts, rejected)
-    stats["tokenizer"] = {"path": str(tok.path), "vocab_size": tok.vocab_size}
+    stats["tokenizer"] = {"path": _tokenizer_location(cfg, out, tok), "vocab_size": tok.vocab_size}
     stats["filter_shares"] = filter_shares(scan, rejected)
-    atomic_write(out / "rejected.parquet",
-                 lambda tmp: pq.write_table(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA), tmp,
-                                            compression="zstd"))
-    atomic_write_json(out / "stats.json", stats)
-    atomic_write_json(out / "dataset.json", _dataset_json(cfg, out, tok, receipts, stats, fp))
+    _write_rejected(out, rejected)
+    storage.write_json(storage.join(out, "stats.json"), stats)
+    storage.write_json(storage.join(out, "dataset.json"), _dataset_json(cfg, out, tok, receipts, stats, fp))
     print(f"prepare: {stats['invariant']} ✓  ({stats['hours']['total']:.2f} h written to {out})")
     for reason, n in stats["rejected_by_reason"].items():
         print(f"  rejected {reason}: {n}")
@@ -129,6 +133,23 @@ def prepare_dataset(cfg: Config, restart: bool | Literal["if_changed"] = False) 
           + (f"; reaching the tokenizer raw: {' '.join(left)}" if left else ""))
     _report_shares(stats["filter_shares"])
     return PrepareResult(out, stats, shards_written=len(pending), shards_skipped=len(plans) - len(pending))
+
+
+def _out_dir(loc: str) -> Path | str:
+    """The output folder: an absolute local path, or the URI as given."""
+    return loc.rstrip("/") if storage.is_remote(loc) else Path(storage.normalize(loc))
+
+
+def _place(target: Path | str, make) -> None:
+    """`make(scratch folder) -> file` builds a file; it is then published whole at `target` (maybe on a store)."""
+    with tempfile.TemporaryDirectory(prefix="indextts-prepare-") as tmp:
+        made = make(Path(tmp))
+        storage.atomic_write(target, lambda f: shutil.copyfile(made, f))
+
+
+def _write_rejected(out: Path | str, rejected: list[dict]) -> None:
+    storage.atomic_write(storage.join(out, "rejected.parquet"), lambda tmp: pq.write_table(
+        pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA), tmp, compression="zstd"))
 
 
 def _report_shares(shares: dict, top: int = 10) -> None:
@@ -167,16 +188,16 @@ def _fingerprint(cfg: Config, manifest: Path) -> str:
     data = cfg.data.model_dump(mode="json", exclude=_NOT_FINGERPRINTED)
     model = {k: getattr(cfg.model, k) for k in ("emotion_labels", "max_text_tokens", "max_mel_tokens",
                                                 "input_dim", "start_mel_token", "number_text_tokens")}
-    tokenizer = sha256_file(cfg.data.tokenizer) if cfg.data.tokenizer else "trained"
+    tokenizer = storage.sha256(cfg.data.tokenizer) if cfg.data.tokenizer else "trained"
     blob = json.dumps({"data": data, "model": model, "manifest": sha256_file(manifest), "tokenizer": tokenizer,
                        "schema_version": SCHEMA_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _check_output_dir(out: Path, fp: str, restart: bool | str) -> bool:
+def _check_output_dir(out: Path | str, fp: str, restart: bool | str) -> bool:
     """Whether this run restarts `out` (resolving "if_changed"); refuses another fingerprint. Writes nothing."""
-    plan_file = out / "plan.json"
-    old = json.loads(plan_file.read_text()).get("fingerprint") if plan_file.is_file() else None
+    plan_file = storage.join(out, "plan.json")
+    old = storage.read_json(plan_file).get("fingerprint") if storage.is_file(plan_file) else None
     if restart == "if_changed":
         return old is not None and old != fp
     if not restart and old is not None and old != fp:
@@ -185,16 +206,12 @@ def _check_output_dir(out: Path, fp: str, restart: bool | str) -> bool:
     return bool(restart)
 
 
-def _clear_outputs(out: Path) -> None:
+def _clear_outputs(out: Path | str) -> None:
     for name in OUTPUTS:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+        storage.delete(storage.join(out, name))
 
 
-def _check_scan(cfg: Config, scan: MetadataScan, out: Path, restart: bool) -> None:
+def _check_scan(cfg: Config, scan: MetadataScan, out: Path | str, restart: bool) -> None:
     """Refuse, before `out` is claimed, an input that cannot give a dataset: no row accepted (its rejections
     still go to `rejected.parquet`), precomputed codes with builtin features, more characters than the model's
     text vocabulary."""
@@ -202,18 +219,16 @@ def _check_scan(cfg: Config, scan: MetadataScan, out: Path, restart: bool) -> No
     if whole:
         if restart:
             _clear_outputs(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "dataset.json").unlink(missing_ok=True)
-        atomic_write(out / "rejected.parquet",
-                     lambda tmp: pq.write_table(pa.Table.from_pylist(scan.rejected, schema=REJECTED_SCHEMA), tmp,
-                                                compression="zstd"))
-        raise DataError(f"{whole}; every row is in {out / 'rejected.parquet'}")
+        storage.makedirs(out)
+        storage.delete(storage.join(out, "dataset.json"))
+        _write_rejected(out, scan.rejected)
+        raise DataError(f"{whole}; every row is in {storage.join(out, 'rejected.parquet')}")
     if cfg.data.features.kind == "builtin" and pc.any(pc.is_valid(scan.table.column("codes_path"))).as_py():
         raise DataError("the manifest has precomputed codes_path (MaskGCT codes) but data.features.kind is "
                         "builtin, whose codes differ; use features.kind w2vbert-maskgct")
     limit = cfg.model.number_text_tokens
     if cfg.data.tokenizer:
-        vocab = load_tokenizer(cfg.data.tokenizer).vocab_size
+        vocab = load_tokenizer(storage.cached_copy(cfg.data.tokenizer)).vocab_size
         if vocab > limit:
             raise DataError(f"tokenizer {cfg.data.tokenizer} has {vocab} pieces > model.number_text_tokens {limit}; "
                             f"set model.number_text_tokens={vocab} (the text embedding follows the tokenizer)")
@@ -226,40 +241,41 @@ def _check_scan(cfg: Config, scan: MetadataScan, out: Path, restart: bool) -> No
                         f"data.tokenizer_vocab_size={fix} (the model's text embedding must hold every piece)")
 
 
-def _claim_output_dir(out: Path, fp: str, restart: bool) -> None:
-    plan_file = out / "plan.json"
+def _claim_output_dir(out: Path | str, fp: str, restart: bool) -> None:
     if restart:
         _clear_outputs(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dataset.json").unlink(missing_ok=True)  # its presence means "complete"; rewritten at the end
-    for stale in [*out.glob("*/.*.tmp"), *out.glob(".*.tmp")]:  # left by a killed run, never visible shards
-        stale.unlink()
-    atomic_write_json(plan_file, {"fingerprint": fp, "schema_version": SCHEMA_VERSION})
+    storage.makedirs(out)
+    storage.delete(storage.join(out, "dataset.json"))  # its presence means "complete"; rewritten at the end
+    if not storage.is_remote(out):  # a store has no temp objects: an upload is whole or absent
+        for stale in [*out.glob("*/.*.tmp"), *out.glob(".*.tmp")]:  # left by a killed run, never visible shards
+            stale.unlink()
+    storage.write_json(storage.join(out, "plan.json"), {"fingerprint": fp, "schema_version": SCHEMA_VERSION})
 
 
-def _tokenizer(cfg: Config, scan: MetadataScan, out: Path) -> Tokenizer:
+def _tokenizer(cfg: Config, scan: MetadataScan, out: Path | str) -> Tokenizer:
     data = cfg.data
     if data.tokenizer:
-        tok = load_tokenizer(data.tokenizer)
+        tok = load_tokenizer(storage.cached_copy(data.tokenizer))
     else:
-        path = out / "bpe.model"
-        if not path.is_file():  # same fingerprint = same texts = the same model, so a rerun reuses it
+        path = storage.join(out, "bpe.model")
+        if not storage.is_file(path):  # same fingerprint = same texts = the same model, so a rerun reuses it
             texts = scan.table.column("text_norm").to_pylist()
             # at least every character of the corpus (_check_scan made sure the model holds that many)
             vocab = max(data.tokenizer_vocab_size, min_vocab_size(texts))
             log.info("training a %d-piece BPE tokenizer on %d texts -> %s", vocab, len(texts), path)
-            train_tokenizer(texts, out / "bpe", vocab, character_coverage=1.0)
-        tok = load_tokenizer(path)
+            _place(path, lambda tmp: train_tokenizer(texts, tmp / "bpe", vocab, character_coverage=1.0))
+        tok = load_tokenizer(storage.cached_copy(path))
     if tok.vocab_size > cfg.model.number_text_tokens:
         raise DataError(f"tokenizer {tok.path} has {tok.vocab_size} pieces > model.number_text_tokens "
                         f"{cfg.model.number_text_tokens}; use a smaller vocabulary or a bigger model")
     return tok
 
 
-def _ensure_codebook(scan: MetadataScan, cfg: Config, feature_dir: Path) -> None:
+def _ensure_codebook(scan: MetadataScan, cfg: Config, feature_dir: Path | str) -> None:
     """Fit the builtin k-means codebook on a deterministic sample of the accepted rows (once)."""
     fcfg = cfg.data.features
-    if codebook_path(feature_dir).is_file():
+    target = storage.join(feature_dir, codebook_path(Path()).name)
+    if storage.is_file(target):
         return
     t = scan.table
     ids = t.column("id").to_pylist()
@@ -276,22 +292,22 @@ def _ensure_codebook(scan: MetadataScan, cfg: Config, feature_dir: Path) -> None
             counts["used"] += 1
             yield got.wav16k
 
-    fit_codebook(fcfg, wavs(), feature_dir)
+    _place(target, lambda tmp: fit_codebook(fcfg, wavs(), tmp))
     log.info("builtin codebook: %d codes fitted on %d files (%d skipped: rejected audio)",
              fcfg.codebook_size, counts["used"], counts["rejected"])
 
 
-def _finished_receipts(plans: list[ShardPlan], out: Path, fp: str) -> tuple[list[dict], list[tuple]]:
+def _finished_receipts(plans: list[ShardPlan], out: Path | str, fp: str) -> tuple[list[dict], list[tuple]]:
     """Receipts of shards already complete for this plan, and (plan, key) pairs still to write."""
     done, pending = [], []
     for plan in plans:
         key = plan.key(fp)
-        receipt_path = out / plan.receipt_name
-        if receipt_path.is_file():
-            receipt = json.loads(receipt_path.read_text())
-            shard = out / receipt["file"] if receipt.get("file") else None
-            if receipt.get("key") == key and (shard is None or (shard.is_file()
-                                                                and shard.stat().st_size == receipt["bytes"])):
+        receipt_path = storage.join(out, plan.receipt_name)
+        if storage.is_file(receipt_path):
+            receipt = storage.read_json(receipt_path)
+            shard = storage.join(out, receipt["file"]) if receipt.get("file") else None
+            if receipt.get("key") == key and (shard is None or (storage.is_file(shard)
+                                                                and storage.size(shard) == receipt["bytes"])):
                 done.append(receipt)
                 continue
         pending.append((plan, key))
@@ -338,11 +354,18 @@ def _log_shard(receipt: dict, done: int, total: int) -> None:
              len(receipt["rejected"]), done, total)
 
 
-def _dataset_json(cfg: Config, out: Path, tok: Tokenizer, receipts: list[dict], stats: dict, fp: str) -> dict:
-    try:
-        tok_path = tok.path.absolute().relative_to(out).as_posix()  # relative = moves with the folder
-    except ValueError:
-        tok_path = str(tok.path.absolute())
+def _tokenizer_location(cfg: Config, out: Path | str, tok: Tokenizer) -> str:
+    """Where the tokenizer lives (not the local copy read from a store): data.tokenizer, or <out>/bpe.model."""
+    if cfg.data.tokenizer:
+        return cfg.data.tokenizer if storage.is_remote(cfg.data.tokenizer) else str(tok.path.absolute())
+    return storage.join(out, "bpe.model")
+
+
+def _dataset_json(cfg: Config, out: Path | str, tok: Tokenizer, receipts: list[dict], stats: dict,
+                  fp: str) -> dict:
+    tok_path = _tokenizer_location(cfg, out, tok)
+    if tok_path.startswith(str(out).rstrip("/") + "/"):
+        tok_path = tok_path[len(str(out).rstrip("/")) + 1:]  # relative = moves with the folder
     ext = next((r["extractor"] for r in receipts if r.get("extractor")), None)
     return {
         "schema_version": SCHEMA_VERSION,

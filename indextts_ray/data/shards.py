@@ -15,13 +15,15 @@ rejected here (audio problems) are listed in the receipt, so a resumed run still
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from indextts_ray import storage
 from indextts_ray.data.audio import load_checked
 from indextts_ray.data.config import DataConfig
 from indextts_ray.data.features.base import Extractor, build_extractor
@@ -31,7 +33,7 @@ from indextts_ray.data.plan import table_from_ipc
 from indextts_ray.data.schema import SCHEMA_VERSION, UTTERANCE_SCHEMA, encode_feats
 from indextts_ray.data.store import SHARD_SUFFIX, write_shard_file
 from indextts_ray.errors import DataError
-from indextts_ray.io_utils import atomic_write, atomic_write_json, sha256_file
+from indextts_ray.io_utils import sha256_file
 
 DURATION_BINS = [0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40]  # seconds; last bin is open-ended
 
@@ -54,13 +56,20 @@ class ShardWorker:
 
     def __init__(self, ctx: ShardContext):
         self.ctx = ctx
-        self.extractor = build_extractor(ctx.data.features, ctx.feature_dir)
+        self.extractor = build_extractor(ctx.data.features, _local_dir(ctx.feature_dir))
         check_extractor(self.extractor, ctx)
 
     def __call__(self, item: dict) -> dict:
         receipt = write_shard(table_from_ipc(item["rows"]), item["split"], int(item["index"]), item["key"],
                               self.extractor, self.ctx)
         return {"receipt": json.dumps(receipt)}
+
+
+def _local_dir(loc: str) -> str:
+    """Extractors read their work dir by path: a store's folder is copied here (an empty folder when absent)."""
+    if not storage.is_remote(loc):
+        return loc
+    return str(storage.cached_copy(loc)) if storage.listdir(loc) else tempfile.mkdtemp(prefix="indextts-features-")
 
 
 def check_extractor(ex: Extractor, ctx: ShardContext) -> None:
@@ -74,7 +83,6 @@ def check_extractor(ex: Extractor, ctx: ShardContext) -> None:
 
 def write_shard(rows: pa.Table, split: str, index: int, key: str, ex: Extractor, ctx: ShardContext) -> dict:
     """Build the shard's rows, write the Parquet file and the receipt atomically; return the receipt."""
-    out_dir = Path(ctx.out_dir)
     table, rejected, stats = build_rows(rows, ex, ctx)
     name = f"{split}/shard-{index:05d}{SHARD_SUFFIX}"
     receipt: dict = {"key": key, "split": split, "index": index, "schema_version": SCHEMA_VERSION,
@@ -83,10 +91,12 @@ def write_shard(rows: pa.Table, split: str, index: int, key: str, ex: Extractor,
                      "extractor": {"kind": ctx.data.features.kind, "dim": ex.dim, "codebook_size": ex.codebook_size,
                                    "frame_rate": ex.frame_rate}}
     if table.num_rows:
-        path = out_dir / name
-        atomic_write(path, lambda tmp: write_shard_file(table, tmp))
-        receipt.update(file=name, bytes=path.stat().st_size, sha256=sha256_file(path))
-    atomic_write_json(out_dir / "receipts" / f"{split}-{index:05d}.json", receipt)
+        def write(tmp: str) -> None:  # size and hash of the finished temp file: no read-back from a store
+            write_shard_file(table, tmp)
+            receipt.update(file=name, bytes=os.path.getsize(tmp), sha256=sha256_file(tmp))
+
+        storage.atomic_write(storage.join(ctx.out_dir, name), write)
+    storage.write_json(storage.join(ctx.out_dir, "receipts", f"{split}-{index:05d}.json"), receipt)
     return receipt
 
 
