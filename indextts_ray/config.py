@@ -230,11 +230,11 @@ def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
 
 
-def write_resolved_config(cfg: BaseModel, run_dir: str | os.PathLike) -> Path:
-    """Write `config.resolved.yaml` (with its hash in the first line) into `run_dir`, atomically."""
-    from indextts_ray.io_utils import atomic_write_text
+def write_resolved_config(cfg: BaseModel, run_dir: str | os.PathLike) -> Path | str:
+    """Write `config.resolved.yaml` (with its hash in the first line) into `run_dir` (maybe a URI), atomically."""
+    from indextts_ray import storage
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(run_dir)
     text = f"# config_hash: {config_hash(cfg)}\n" + dump_config(cfg)
-    return atomic_write_text(run_dir / "config.resolved.yaml", text)
+    out = storage.write_text(storage.join(run_dir, "config.resolved.yaml"), text)
+    return out if storage.is_remote(out) else Path(out)

@@ -27,6 +27,45 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+# Object-store tests use a moto S3 server on 127.0.0.1 (`s3_bucket`). Its endpoint and dummy keys are set here,
+# before any Ray starts, so Ray workers inherit them as a cluster's nodes inherit theirs from `ray start`; they
+# replace any real settings of the shell, so no test can reach a real store.
+S3_PORT = free_ports(1)[0]
+S3_ENV = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_ACCESS_KEY_ID": "testing",
+          "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+for _var in ("AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+    os.environ.pop(_var, None)
+os.environ.update(S3_ENV)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server for the session (in a thread of this process), at S3_ENV's endpoint."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    yield S3_ENV["AWS_ENDPOINT_URL"]
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request) -> str:
+    """A fresh bucket for one test: `s3://<bucket>`."""
+    import re
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    fs = pafs.S3FileSystem(endpoint_override=s3_server, region="us-east-1", allow_bucket_creation=True)
+    fs.create_dir(name)
+    return f"s3://{name}"
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole test session (2 CPUs; workers take fractions)."""

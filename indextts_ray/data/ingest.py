@@ -28,13 +28,13 @@ import hashlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import ray
 from ray.train import DataConfig
 
+from indextts_ray import storage
 from indextts_ray.data.bucketing import BucketingSettings, plan_epoch, rank_steps
 from indextts_ray.data.config import PromptConfig
 from indextts_ray.data.features.base import FRAME_RATE
@@ -83,8 +83,8 @@ def make_spec(data_dirs: list[str], *, seed: int, bucketing: BucketingSettings, 
     """Resolve the shard files (footers only) of `data_dirs` into a spec."""
     if emotion_reference not in EMOTION_REFERENCES:
         raise ValueError(f"emotion_reference must be one of {', '.join(EMOTION_REFERENCES)}; got {emotion_reference!r}")
-    train = [list_shards(Path(d) / "train") for d in data_dirs]
-    val = [f for d in data_dirs for f in list_shards(Path(d) / "val")]
+    train = [list_shards(storage.join(d, "train")) for d in data_dirs]
+    val = [f for d in data_dirs for f in list_shards(storage.join(d, "val"))]
     files = [f for fs in train for f in fs] + val
     counts = row_counts(files)
     name = "ingest-" + hashlib.sha256(f"{run_key}|{'|'.join(map(str, files))}".encode()).hexdigest()[:16]
@@ -328,7 +328,7 @@ _STORES: dict[str, RowStore] = {}  # per process: fetch tasks reuse open files
 def _store(spec: IngestSpec) -> RowStore:
     if spec.name not in _STORES:
         _STORES.clear()
-        _STORES[spec.name] = RowStore([Path(f) for f in spec.files], np.asarray(spec.counts))
+        _STORES[spec.name] = RowStore(list(spec.files), np.asarray(spec.counts))
     return _STORES[spec.name]
 
 
@@ -471,7 +471,7 @@ def prompted_rows(spec: IngestSpec, split: str, epoch: int, max_items: int | Non
     n = len(plan.targets)
     pick = np.arange(n) if max_items is None or n <= max_items else \
         np.sort(np.random.default_rng(seed).choice(n, max_items, replace=False))
-    store = RowStore([Path(f) for f in spec.files], np.asarray(spec.counts))
+    store = RowStore(list(spec.files), np.asarray(spec.counts))
     entry = {"entry": 0, "dataset": 0, "rows": plan.targets[pick].tolist(), "prompts": plan.prompt[pick].tolist(),
              "crops": plan.crop[pick].tolist(), "epoch": epoch}
     return fetch_entries(pa.Table.from_pylist([entry], schema=_ENTRY_SCHEMA), store, spec.max_prompt_frames,
@@ -510,7 +510,7 @@ def data_fingerprint(spec: IngestSpec) -> str:
     """Hash of what defines the rows: each dataset's `dataset.json` fingerprint, files and row counts."""
     parts = []
     for d in spec.data_dirs:
-        meta = Path(d) / "dataset.json"
-        parts.append(meta.read_text() if meta.is_file() else d)
-    blob = "\n".join(parts) + "|" + "|".join(f"{Path(f).name}:{c}" for f, c in zip(spec.files, spec.counts))
+        meta = storage.join(d, "dataset.json")
+        parts.append(storage.read_text(meta) if storage.is_file(meta) else d)
+    blob = "\n".join(parts) + "|" + "|".join(f"{storage.name(f)}:{c}" for f, c in zip(spec.files, spec.counts))
     return hashlib.sha256(blob.encode()).hexdigest()

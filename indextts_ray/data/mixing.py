@@ -31,12 +31,13 @@ same sequence, as for a single dataset.
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from indextts_ray import storage
 from indextts_ray.data.bucketing import BucketingSettings, plan_epoch
 from indextts_ray.data.mixture_config import MixtureConfig, MixtureDataset
 from indextts_ray.errors import DataError
@@ -183,15 +184,15 @@ def check_compatible(dataset_dirs: list[Path]) -> None:
     not agree. The real `w2vbert-maskgct` codes come from one fixed codec and fit nothing there.
     """
     infos = []
-    for d in map(Path, dataset_dirs):
-        meta = d / "dataset.json"
-        if not meta.is_file():
+    for d in dataset_dirs:  # paths or object-store URIs
+        meta = storage.join(d, "dataset.json")
+        if not storage.is_file(meta):
             raise DataError(f"{meta} not found: run `indextts-ray prepare` for this dataset first")
-        info = json.loads(meta.read_text())
+        info = storage.read_json(meta)
         key = {"/".join(k): _dig(info, k) for k in COMPATIBLE_KEYS}
-        fitted = sorted(p for p in (d / "features").rglob("*") if p.is_file())
-        key["features/fitted"] = {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                                  for p in fitted}
+        fitted = storage.glob(storage.join(d, "features"), "*", recursive=True)
+        key["features/fitted"] = {f[len(str(d).rstrip("/")) + 1:].replace(os.sep, "/"):
+                                  hashlib.sha256(storage.read_bytes(f)).hexdigest() for f in fitted}
         infos.append((d, key))
     ref_dir, ref = infos[0]
     problems = [f"{k}: {d} has {v!r}, {ref_dir} has {ref.get(k)!r}"

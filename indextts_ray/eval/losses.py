@@ -32,7 +32,7 @@ def run_config(export_dir: str | Path) -> Config:
 def val_plan_tables(spec: IngestSpec, max_batches: int | None = None) -> Iterator[pa.Table]:
     """The validation plan's batches (one table each, in plan order), fetched in this process (no Ray)."""
     plan = plan_split(CorpusIndex(spec), spec, "val", VAL_EPOCH)
-    store = RowStore([Path(f) for f in spec.files], np.asarray(spec.counts))
+    store = RowStore(list(spec.files), np.asarray(spec.counts))
     for j in range(min(len(plan.batches), max_batches or len(plan.batches))):
         yield fetch_entries(pa.Table.from_pylist([{**plan.entry(j), "epoch": VAL_EPOCH}]), store,
                             spec.max_prompt_frames)

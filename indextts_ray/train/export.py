@@ -1,13 +1,19 @@
-"""Turn a training checkpoint into an official-layout export directory (gpt.pth + config.yaml + sidecars)."""
+"""Turn a training checkpoint into an official-layout export directory (gpt.pth + config.yaml + sidecars).
+
+Runs, checkpoints and export targets may be object-store URIs (`storage.py`): checkpoints are read from a
+local download, and an export is written locally and uploaded with gpt.pth last (its presence = complete).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
+from indextts_ray import storage
 from indextts_ray.config import Config
 from indextts_ray.errors import UserError
 from indextts_ray.model.checkpoint_io import export_checkpoint
@@ -15,21 +21,36 @@ from indextts_ray.model.training import TrainingModel
 from indextts_ray.train.ema import load_ema_weights
 from indextts_ray.train.state import STATE_FILE
 
+EXPORT_MARKER = "gpt.pth"  # uploaded last: an export on a store is complete when it exists
 
-def latest_checkpoint(run_dir: Path) -> Path:
-    """The newest complete `step-*` checkpoint of a run (complete = its checksums file exists)."""
-    steps = sorted(p for p in Path(run_dir).glob("step-*") if (p / "checksums.json").exists())
+
+def latest_checkpoint(run_dir: Path | str) -> Path | str:
+    """The newest complete `step-*` checkpoint of a run (complete = its checksums file exists; on a store also
+    its state, as objects of one upload appear one by one). A URI for a run on an object store."""
+    if not storage.is_remote(run_dir):
+        steps = sorted(p for p in Path(run_dir).glob("step-*") if (p / "checksums.json").exists())
+    else:
+        steps = [c for c in (storage.join(run_dir, n) for n in storage.listdir(run_dir) if n.startswith("step-"))
+                 if storage.is_file(storage.join(c, "checksums.json")) and storage.is_file(storage.join(c, STATE_FILE))]
     if not steps:
         raise UserError(f"{run_dir}: no finished checkpoint (step-*/checksums.json); train first")
     return steps[-1]
 
 
-def model_from_checkpoint(checkpoint_dir: Path) -> tuple[TrainingModel, Config]:
+@contextlib.contextmanager
+def state_file(checkpoint_dir: Path | str):
+    """A local path of the checkpoint's state.pt (downloaded for the `with` body when it is on a store)."""
+    with storage.local_copy(storage.join(checkpoint_dir, STATE_FILE)) as path:
+        yield path
+
+
+def model_from_checkpoint(checkpoint_dir: Path | str) -> tuple[TrainingModel, Config]:
     """Rebuild the model from the architecture stored in the checkpoint (not from CLI flags), load weights.
 
     The weights are the EMA average when the checkpoint has one and `train.ema.use_for_export` is set.
     """
-    blob = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
+    with state_file(checkpoint_dir) as path:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
     cfg = Config.model_validate(json.loads(blob["config"]))
     n_speakers = _n_speakers(blob["model"])
     model = TrainingModel(cfg.model, n_speakers=n_speakers)
@@ -44,31 +65,35 @@ def _n_speakers(state: dict) -> int:
     return int(state[sorted(keys)[-1]].shape[0]) if keys else 0
 
 
-def export_run(source: Path, out_dir: Path) -> Path:
-    """Export `source` to `out_dir`: a step-* dir as is; a run dir as `train.export_from` says (its `best/`
-    export, or its latest checkpoint)."""
-    source = Path(source)
-    ckpt = source if (source / STATE_FILE).exists() else latest_checkpoint(source)
+def export_run(source: Path | str, out_dir: Path | str) -> Path | str:
+    """Export `source` to `out_dir` (either may be a URI): a step-* dir as is; a run dir as
+    `train.export_from` says (its `best/` export, or its latest checkpoint)."""
+    source = source if storage.is_remote(source) else Path(source)
+    ckpt = source if storage.is_file(storage.join(source, STATE_FILE)) else latest_checkpoint(source)
     if ckpt != source and _stored_config(ckpt).train.export_best:
-        if not (source / "best" / "gpt.pth").exists():
+        best = storage.join(source, "best")
+        if not storage.exists(storage.join(best, EXPORT_MARKER)):
             raise UserError(f"{source}: train.export_from takes best/, but no validation ran yet")
-        return copy_dir(source / "best", Path(out_dir))
+        return copy_dir(best, out_dir)
     model, cfg = model_from_checkpoint(ckpt)
-    export_checkpoint(model, Path(out_dir))
-    return Path(out_dir)
+    if not storage.is_remote(out_dir):
+        export_checkpoint(model, Path(out_dir))
+        return Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="indextts-export-") as tmp:
+        export_checkpoint(model, Path(tmp))
+        return storage.publish_dir(tmp, out_dir, last=(EXPORT_MARKER,))
 
 
-def _stored_config(checkpoint_dir: Path) -> Config:
-    # mmap: only the config string is read, not gigabytes of weights and optimizer state
-    blob = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
-    return Config.model_validate(json.loads(blob["config"]))
+def _stored_config(checkpoint_dir: Path | str) -> Config:
+    # mmap: only the config string is read, not gigabytes of weights and optimizer state (a store: downloaded)
+    with state_file(checkpoint_dir) as path:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return Config.model_validate(json.loads(blob["config"]))
 
 
-def copy_dir(src: Path, dst: Path) -> Path:
-    """Replace `dst` by a copy of `src` (copied beside it first, so a crash never leaves a half export)."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
-    return dst
+def copy_dir(src: Path | str, dst: Path | str) -> Path | str:
+    """Replace `dst` by a copy of `src` (locally copied beside it first, so a crash never leaves a half export;
+    on a store gpt.pth is written last)."""
+    if not storage.is_remote(src) and not storage.is_remote(dst):
+        return storage.swap_local_dir(Path(src), Path(dst))
+    return storage.copy_tree(src, dst, last=(EXPORT_MARKER,))

@@ -44,6 +44,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from indextts_ray import storage
 from indextts_ray.config import Config, config_hash
 from indextts_ray.data.bucketing import rank_steps
 from indextts_ray.data.ingest import check_same_data, data_fingerprint, get_planner, micro_batches
@@ -60,6 +61,7 @@ from indextts_ray.train.early_stop import EarlyStopping
 from indextts_ray.train.ema import EMA
 from indextts_ray.train.guard import SpikeGuard, Verdict, discard_step, record_bad_batch, set_base_lrs
 from indextts_ray.train.prefetch import Prefetcher
+from indextts_ray.train.run_files import RunMirror, local_dir
 from indextts_ray.train.sharding import full_model, grad_sync, is_sharded, shard_model
 from indextts_ray.train.state import RunState, gather_state, load_state, save_state, step_seed
 from indextts_ray.train.tracking import Tracker, device_peak_tflops, read_metrics
@@ -109,7 +111,13 @@ class Recipe:
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.run_dir = Path(cfg.run.output_dir) / cfg.run.name
+        # the run lives at run_loc (a folder, or a URI whose checkpoints Ray uploads); side files go to run_dir,
+        # the same folder or this node's mirror of a remote run (train/run_files.py)
+        self.run_loc = storage.join(cfg.run.output_dir, cfg.run.name)
+        self.run_dir = local_dir(self.run_loc)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.mirror = RunMirror(self.run_loc, self.rank)
+        self.mirror.pull()
         self.resume_from = ray.train.get_checkpoint()
         self.state = RunState(grl_lambda=self.tc.grl_lambda, speaker_weight=self.tc.loss.speaker)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
@@ -127,11 +135,13 @@ class Recipe:
     def setup_model(self) -> None:
         """Same init on every rank, then the stage's starting weights and frozen modules; FSDP shard; EMA."""
         tc = self.tc
-        self.speaker_to_id = load_speaker_mapping(tc.speaker_mapping).mapping if tc.speaker_mapping else None
+        # inputs on an object store are read from a local copy (storage.cached_copy: once per node and object)
+        self.speaker_to_id = load_speaker_mapping(storage.cached_copy(tc.speaker_mapping)).mapping \
+            if tc.speaker_mapping else None
         torch.manual_seed(self.cfg.run.seed)
         self.model = TrainingModel(self.cfg.model, n_speakers=len(self.speaker_to_id or {}))
         if self.resume_from is None and tc.init_checkpoint:
-            load_init_checkpoint(self.model, tc.init_checkpoint)
+            load_init_checkpoint(self.model, storage.cached_copy(tc.init_checkpoint))
         self.params = freeze_modules(self.model, tc)
         if self.rank == 0:
             report_parameters(self.params, self.run_dir)
@@ -437,20 +447,21 @@ class Recipe:
         ckpt = None
         if self.rank == 0:
             with contextlib.suppress(UserError):  # no checkpoint yet
-                ckpt = str(latest_checkpoint(self.run_dir))
+                ckpt = str(latest_checkpoint(self.run_loc))
         ckpt = _from_rank0(ckpt, self.world_size)  # the same checkpoint on every rank, even while one is uploading
         s.rollbacks += 1
         if ckpt is None:
             if self.rank == 0:
                 log.warning("%s before the first checkpoint: nothing to reload", why)
             return None
-        saved, _ = load_state(Path(ckpt), model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                              scaler=self.scaler, ema=self.ema)
+        with storage.local_copy(ckpt) as d:
+            saved, _ = load_state(d, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                  scaler=self.scaler, ema=self.ema)
         s.step, s.tokens_seen = saved.step, saved.tokens_seen
         if replay_data:
             s.epoch, s.position = saved.epoch, saved.position
         if self.rank == 0:
-            log.warning("%s: reloaded %s (step %d), rollback %d", why, Path(ckpt).name, s.step, s.rollbacks)
+            log.warning("%s: reloaded %s (step %d), rollback %d", why, storage.name(ckpt), s.step, s.rollbacks)
         return ckpt
 
     def log_step(self, step: Step) -> None:
@@ -549,6 +560,7 @@ class Recipe:
         # Ray deletes the local copy once it is in storage (after the upload when it runs in the background)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step-{s.step:08d}",
                          checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=tmp is not None)
+        self.mirror.push()  # a remote run's side files as of this checkpoint
         self.last_checkpoint_time = time.monotonic()
 
     def cleanup(self) -> None:
@@ -558,12 +570,13 @@ class Recipe:
         if self.rank == 0:  # lets a rerun of the same config return at once (the loop would find nothing to do)
             atomic_write_json(self.run_dir / FINISHED, {"config_hash": config_hash(self.cfg), "step": self.state.step,
                                                         "epoch": self.state.epoch, "time": time.time()})
+        self.mirror.push()
 
 
-def read_finished(run_dir: Path) -> dict | None:
+def read_finished(run_dir: Path | str) -> dict | None:
     """The `finished.json` marker of a run that ended (all steps done or stopped early), or None."""
-    path = Path(run_dir) / FINISHED
-    return json.loads(path.read_text()) if path.is_file() else None
+    path = storage.join(run_dir, FINISHED)
+    return storage.read_json(path) if storage.is_file(path) else None
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -91,40 +91,43 @@ def check_resume(run_dir: Path, cfg: Config, spec=None) -> list[str]:
     (the run's `IngestSpec`, when given) and `check_resume_config` against `cfg`. Returns the applied changes."""
     import torch
 
+    from indextts_ray import storage
     from indextts_ray.data.ingest import check_same_data
-    from indextts_ray.train.export import latest_checkpoint
-    from indextts_ray.train.state import STATE_FILE
+    from indextts_ray.train.export import latest_checkpoint, state_file
 
     try:
         ckpt = latest_checkpoint(run_dir)
     except UserError:
         return []
-    # mmap: only the progress entry and the config string are read, not the weights
-    blob = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+    # mmap: only the progress entry and the config string are read, not the weights (a store: downloaded)
+    with state_file(ckpt) as path:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        progress, saved = blob["progress"], json.loads(blob["config"])
     if spec is not None:
         try:
-            check_same_data(blob["progress"].get("data") or None, spec)
+            check_same_data(progress.get("data") or None, spec)
         except UserError as e:
-            raise UserError(f"{run_dir} (checkpoint {ckpt.name}): {e}; {_fix(run_dir)}") from None
-    return check_resume_config(json.loads(blob["config"]), cfg, run_dir, ckpt.name)
+            raise UserError(f"{run_dir} (checkpoint {storage.name(ckpt)}): {e}; {_fix(run_dir)}") from None
+    return check_resume_config(saved, cfg, run_dir, storage.name(ckpt))
 
 
-def _fix(run_dir: Path) -> str:
+def _fix(run_dir: Path | str) -> str:
     return (f"start a new run (another run.name), or rerun with --restart (deletes {run_dir}) to train from "
             "step 0")
 
 
-def restart_run(run_dir: Path) -> bool:
-    """Delete a run folder so the run starts from step 0 (`indextts-ray train --restart`). Refuses a folder that
-    does not look like a run (so a mistyped run.output_dir/run.name cannot delete anything else). True when
-    something was deleted."""
-    import shutil
+def restart_run(run_dir: Path | str) -> bool:
+    """Delete a run folder (or a run's objects on a store) so the run starts from step 0 (`indextts-ray train
+    --restart`). Refuses a folder that does not look like a run (so a mistyped run.output_dir/run.name cannot
+    delete anything else). True when something was deleted."""
+    from indextts_ray import storage
 
-    if not run_dir.exists():
+    entries = storage.listdir(run_dir)  # a store has no empty folders: no entries = no run
+    if not entries and (storage.is_remote(run_dir) or not storage.exists(run_dir)):
         return False
     markers = ("config.resolved.yaml", "checkpoint_manager_snapshot.json", "metrics.jsonl", "finished.json")
-    if not any((run_dir / m).exists() for m in markers) and any(run_dir.iterdir()):
+    if entries and not any(m in entries for m in markers):
         raise UserError(f"--restart: {run_dir} is not a training run folder (none of {', '.join(markers)}); "
                         "check run.output_dir and run.name")
-    shutil.rmtree(run_dir)
+    storage.delete(run_dir)
     return True

@@ -66,12 +66,15 @@ def device_peak_tflops(device: torch.device, configured: float | None) -> float 
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
-def read_metrics(run_dir: Path) -> dict[int, dict]:
-    """metrics.jsonl as {step: metrics}, the last entry of a step winning (steps replayed after a restart)."""
+def read_metrics(run_dir: Path | str) -> dict[int, dict]:
+    """metrics.jsonl as {step: metrics}, the last entry of a step winning (steps replayed after a restart).
+    `run_dir` may be a URI (a run on an object store: the file as of its last checkpoint)."""
+    from indextts_ray import storage
+
     out: dict[int, dict] = {}
-    path = Path(run_dir) / "metrics.jsonl"
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+    path = storage.join(run_dir, "metrics.jsonl")
+    if storage.is_file(path):
+        for line in storage.read_text(path).splitlines():
             m = json.loads(line)
             out.setdefault(m["step"], {}).update(m)
     return out

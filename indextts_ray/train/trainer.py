@@ -1,4 +1,9 @@
-"""Driver side: resolve paths, build the TorchTrainer for one stage, fit (or resume) it."""
+"""Driver side: resolve paths, build the TorchTrainer for one stage, fit (or resume) it.
+
+`run.output_dir`, `train.data_dir` (and mixture paths, `train.init_checkpoint`, `train.speaker_mapping`) may be
+object-store URIs (`storage.py`): Ray Train then writes checkpoints through the store's pyarrow filesystem
+(`RunConfig(storage_filesystem=...)`) and resumes from its snapshot there.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from indextts_ray import storage
 from indextts_ray.config import Config, config_hash, write_resolved_config
 from indextts_ray.data.bucketing import BucketingSettings
 from indextts_ray.data.ingest import (
@@ -35,7 +41,9 @@ def absolutize(cfg: Config, base: Path | None = None) -> Config:
     base = base or Path.cwd()
 
     def fix(p: str | None) -> str | None:
-        return None if p is None else str((base / p).resolve()) if not os.path.isabs(p) else p
+        if p is None or storage.is_remote(p):
+            return p
+        return storage.normalize(p, base) if not os.path.isabs(p) or storage.scheme(p) == "file" else p
 
     mixture = cfg.train.mixture
     if mixture is not None:
@@ -58,14 +66,19 @@ def check_inputs(cfg: Config) -> None:
     if not tc.data_dirs:
         raise UserError("train.data_dir is not set: point it at the output of `indextts-ray prepare` "
                         "(or list several prepared datasets in train.mixture)")
-    for path, what in ((tc.init_checkpoint, "train.init_checkpoint"), (tc.speaker_mapping, "train.speaker_mapping")):
-        if path is not None and not Path(path).exists():
+    storage.check_reachable(cfg.run.output_dir, "run.output_dir")
+    for path, what in ((tc.init_checkpoint, "train.init_checkpoint"), (tc.speaker_mapping, "train.speaker_mapping"),
+                       *((d, "train.data_dir" if tc.mixture is None else "train.mixture") for d in tc.data_dirs)):
+        if path is None:
+            continue
+        storage.check_reachable(path, what)
+        if not storage.exists(path):
             raise UserError(f"{what}: {path} does not exist")
     for d in tc.data_dirs:
-        list_shards(Path(d) / "train")
-        list_shards(Path(d) / "val")
+        list_shards(storage.join(d, "train"))
+        list_shards(storage.join(d, "val"))
     if tc.mixture is not None:
-        check_compatible([Path(d) for d in tc.data_dirs])
+        check_compatible(tc.data_dirs)
     check_freeze(cfg)
 
 
@@ -86,12 +99,13 @@ def check_freeze(cfg: Config) -> None:
 def ingest_spec(cfg: Config) -> IngestSpec:
     """The data stream of a run: shard files and row counts (footers only), plan and prompt settings."""
     tc = cfg.train
-    keep = sorted(load_speaker_mapping(tc.speaker_mapping).mapping) if tc.only_mapped_speakers else None
+    keep = sorted(load_speaker_mapping(storage.cached_copy(tc.speaker_mapping)).mapping) \
+        if tc.only_mapped_speakers else None
     return make_spec(tc.data_dirs, seed=cfg.run.seed,
                      bucketing=BucketingSettings(tc.batch.max_tokens, tc.batch.max_batch_size, tc.batch.shuffle_window),
                      prompt=cfg.data.prompt, keep_speakers=keep,
                      mixture=tc.mixture.model_dump(mode="json") if tc.mixture is not None else None,
-                     fetch_cpus=tc.scaling.ingest_cpus, run_key=str(Path(cfg.run.output_dir) / cfg.run.name),
+                     fetch_cpus=tc.scaling.ingest_cpus, run_key=storage.join(cfg.run.output_dir, cfg.run.name),
                      emotion_reference=tc.emotion_reference)
 
 
@@ -105,9 +119,12 @@ def build_trainer(cfg: Config, spec: IngestSpec | None = None) -> TorchTrainer:
         resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {}), **sc.resources_per_worker},
         elastic_resize_monitor_interval_s=sc.elastic_monitor_interval_s,
     )
+    # a URI: Ray Train reads and writes checkpoints through the store's filesystem (each process's credentials)
+    fs, storage_path = storage.resolve(cfg.run.output_dir)
     run = RunConfig(
         name=cfg.run.name,
-        storage_path=cfg.run.output_dir,
+        storage_path=storage_path,
+        storage_filesystem=fs if storage.is_remote(cfg.run.output_dir) else None,
         checkpoint_config=CheckpointConfig(num_to_keep=tc.checkpoint.keep),
         failure_config=FailureConfig(max_failures=sc.failures),
         worker_runtime_env={"env_vars": {
@@ -133,7 +150,7 @@ def run_training(cfg: Config, restart: bool = False):
     the run finished with the same config (no Ray start); `restart` deletes the run folder first (step 0)."""
     cfg = absolutize(cfg)
     check_inputs(cfg)
-    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    run_dir = storage.join(cfg.run.output_dir, cfg.run.name)
     if restart and restart_run(run_dir):
         log.info("--restart: deleted %s; training from step 0", run_dir)
     write_resolved_config(cfg, run_dir)
