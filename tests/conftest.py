@@ -52,18 +52,22 @@ def s3_server():
     server.stop()
 
 
-@pytest.fixture
-def s3_bucket(s3_server, request) -> str:
-    """A fresh bucket for one test: `s3://<bucket>`."""
+def new_bucket(endpoint: str, hint: str) -> str:
+    """Create a bucket with a unique name on the test server; returns `s3://<bucket>`."""
     import re
     import uuid
 
     import pyarrow.fs as pafs
 
-    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
-    fs = pafs.S3FileSystem(endpoint_override=s3_server, region="us-east-1", allow_bucket_creation=True)
-    fs.create_dir(name)
+    name = re.sub(r"[^a-z0-9-]", "-", hint.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    pafs.S3FileSystem(endpoint_override=endpoint, region="us-east-1", allow_bucket_creation=True).create_dir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request) -> str:
+    """A fresh bucket for one test: `s3://<bucket>`."""
+    return new_bucket(s3_server, request.node.name)
 
 
 @pytest.fixture(scope="session")

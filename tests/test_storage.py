@@ -7,7 +7,14 @@ import pyarrow as pa
 import pytest
 
 from indextts_ray import storage
-from indextts_ray.data.store import BATCH_ROWS_KEY, RowStore, list_shards, read_table, row_counts, write_shard_file
+from indextts_ray.data.store import (
+    BATCH_ROWS_KEY,
+    RowStore,
+    list_shards,
+    read_table,
+    row_counts,
+    write_shard_file,
+)
 from indextts_ray.errors import UserError
 from tests.train.conftest import make_rows, write_dataset
 

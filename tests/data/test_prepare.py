@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from indextts_ray import storage
 from indextts_ray.cli import main
 from indextts_ray.commands.prepare_cmd import load_prepare_config
 from indextts_ray.data.features.base import build_extractor
@@ -167,6 +168,30 @@ def test_interrupted_run_resumes_only_unfinished_shards(prepared, corpus, tmp_pa
     assert result.shards_written == 2
     assert not list(out.glob("*/.*.tmp"))
     assert _digests(out) == _digests(prepared)
+
+
+def _remote_digests(out: str) -> dict[str, str]:
+    files = storage.glob(out, "shard-*.arrow", recursive=True) + [storage.join(out, n) for n in ("rejected.parquet",
+                                                                                               "bpe.model")]
+    return {f[len(out) + 1:]: hashlib.sha256(storage.read_bytes(f)).hexdigest() for f in files}
+
+
+def test_prepare_to_s3_writes_the_same_objects_and_resumes_there(prepared, corpus, s3_bucket):
+    """data.output_dir on an S3-compatible server: Ray's shard workers upload the same bytes as the local run;
+    a rerun reads the receipts there and writes nothing; a lost shard (and receipt) is written again alone."""
+    out = storage.join(s3_bucket, "prepared")
+    assert prepare_dataset(_cfg(corpus, out)).shards_written == len(list(prepared.glob("*/shard-*.arrow")))
+    assert _remote_digests(out) == _digests(prepared)
+    assert storage.read_json(storage.join(out, "dataset.json")) == json.loads((prepared / "dataset.json").read_text())
+    stats = storage.read_json(storage.join(out, "stats.json"))
+    assert stats["tokenizer"]["path"] == f"{out}/bpe.model"
+    assert stats["rows_out"] == json.loads((prepared / "stats.json").read_text())["rows_out"]
+
+    assert prepare_dataset(_cfg(corpus, out, "data.workers=0")).shards_written == 0
+    storage.delete(storage.join(out, "train/shard-00001.arrow"))
+    storage.delete(storage.join(out, "receipts/train-00001.json"))
+    assert prepare_dataset(_cfg(corpus, out, "data.workers=0")).shards_written == 1
+    assert _remote_digests(out) == _digests(prepared)
 
 
 def test_changed_config_is_refused(prepared, corpus):

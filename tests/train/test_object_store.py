@@ -1,0 +1,86 @@
+"""Stage 1 with data, checkpoints and export on an S3-compatible server (moto, `tests/conftest.py`): the ingest
+reads the shards with ranged GETs, Ray Train writes checkpoints there, a killed run resumes from them, and the
+export lands there and loads. Every number is compared with the same run on the local disk."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from indextts_ray import storage
+from indextts_ray.model.checkpoint_io import load_export
+from indextts_ray.train.export import export_run, latest_checkpoint
+from indextts_ray.train.run_files import local_dir
+from indextts_ray.train.tracking import read_metrics
+from indextts_ray.train.trainer import run_training
+from tests.conftest import new_bucket
+from tests.train.test_train_ray import stage_cfg
+
+# 96 rows at 400 tokens -> 6 micro-batches -> 3 steps of 2 ranks per epoch; 2 epochs; a checkpoint every 2 steps
+EXTRA = ("train.epochs=2", "train.checkpoint.every_steps=2", "train.eval_every_steps=3", "train.checkpoint.keep=3",
+         "train.scaling.max_failures=0")
+
+
+@pytest.fixture(scope="module")
+def local_ref(tiny_dataset, ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    run_training(stage_cfg(1, tiny_dataset, out, "ref", *EXTRA))
+    return out / "ref"
+
+
+def kill_rank1_after(run_loc: str, step: int, target) -> threading.Thread:
+    """Run `target` in a thread; SIGKILL rank 1 once step-<step> is registered in the snapshot on the store."""
+    thread = threading.Thread(target=target)
+    thread.start()
+    snapshot, deadline = storage.join(run_loc, "checkpoint_manager_snapshot.json"), time.time() + 120
+    while time.time() < deadline and not (storage.is_file(snapshot)
+                                          and f"step-{step:08d}" in storage.read_text(snapshot)):
+        time.sleep(0.2)
+    assert storage.is_file(snapshot), "no checkpoint registered in time"
+    os.kill(int((local_dir(run_loc) / "workers" / "rank1.pid").read_text()), signal.SIGKILL)
+    return thread
+
+
+def test_stage1_on_s3_resumes_after_a_kill_and_exports(tiny_dataset, local_ref, s3_server, tmp_path):
+    bucket = new_bucket(s3_server, "stage1")
+    data, runs = storage.join(bucket, "prepared"), storage.join(bucket, "runs")
+    storage.upload_dir(tiny_dataset, data)
+    cfg = stage_cfg(1, data, runs, "s1", *EXTRA)  # type: ignore[arg-type]  (URIs, not paths)
+    run_loc = storage.join(runs, "s1")
+    done = {}
+
+    def first_attempt():
+        try:
+            run_training(cfg)
+        except Exception as e:  # noqa: BLE001 -- max_failures=0: the killed worker fails the run
+            done["error"] = e
+
+    kill_rank1_after(run_loc, 2, first_attempt).join(timeout=300)
+    assert "error" in done, "the run was not interrupted"
+    killed_at = int(storage.name(latest_checkpoint(run_loc)).split("-")[1])
+    assert killed_at in (2, 4)  # the last registered checkpoint before the kill
+    assert not storage.is_file(storage.join(run_loc, "finished.json"))
+
+    run_training(cfg)  # the same command again: resumes from the store's last checkpoint
+
+    assert storage.read_json(storage.join(run_loc, "finished.json"))["step"] == 6
+    assert storage.name(latest_checkpoint(run_loc)) == "step-00000006"
+    ref, got = read_metrics(local_ref), read_metrics(run_loc)  # metrics.jsonl as uploaded to the store
+    assert sorted(s for s in got if "mel_loss" in got[s]) == list(range(1, 7))
+    for step in range(1, 7):  # the same batches, read from the store, before and after the resume
+        assert got[step]["mel_loss"] == pytest.approx(ref[step]["mel_loss"], rel=1e-6), step
+    assert got[6]["val_loss"] == pytest.approx(ref[6]["val_loss"], rel=1e-6)
+    assert storage.glob(storage.join(run_loc, "tensorboard"), "events.*", recursive=True)
+    assert run_training(cfg) is None  # finished.json on the store matches: nothing to do
+
+    out = storage.join(bucket, "export")
+    export_run(run_loc, out)
+    assert {"gpt.pth", "config.yaml"} <= set(storage.listdir(out))
+    with storage.local_copy(out) as here:
+        loaded = load_export(here, device="cpu").state_dict()
+    expected = load_export(export_run(local_ref, tmp_path / "ref-export"), device="cpu").state_dict()
+    assert list(loaded) == list(expected)
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
