@@ -83,6 +83,31 @@ def normalize(loc: Location, base: Path | None = None) -> str:
     return str(p if p.is_absolute() else ((base or Path.cwd()) / p).resolve())
 
 
+class URI(str):
+    """A remote location that joins like a `Path` (`uri / "train"`): for code that builds paths with `/`."""
+
+    def __truediv__(self, part: str) -> URI:
+        return URI(join(self, part))
+
+    @property
+    def name(self) -> str:
+        return name(self)
+
+    @property
+    def parent(self) -> URI:
+        return URI(parent(self))
+
+
+def location(loc: Location) -> Path | URI:
+    """A `Path` (absolute) for a local location, a `URI` for a remote one: both join with `/`."""
+    return URI(normalize(loc)) if is_remote(loc) else Path(normalize(loc))
+
+
+def pathlike(loc: Location) -> Path | URI:
+    """`loc` as given, as a `Path` or a `URI` (for code that joins with `/`)."""
+    return URI(str(loc)) if is_remote(loc) else Path(loc)
+
+
 def join(loc: Location, *parts: str) -> str:
     """`loc/part/...` for a path or a URI (URIs keep their `//`, which `Path` would collapse)."""
     if is_remote(loc):
@@ -366,6 +391,14 @@ def local_copy(loc: Location) -> Iterator[Path]:
         yield download(loc, Path(tmp) / (name(loc) or "object"))
 
 
+def tree_stamp(loc: Location) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) of every file under a remote folder, sorted: changes when any file does."""
+    fs, path = resolve(loc)
+    found = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return sorted((posixpath.relpath(f.path, path), int(f.size), int(f.mtime_ns or 0))
+                  for f in found if f.type == pafs.FileType.File)
+
+
 def cached_copy(loc: Location) -> Path:
     """A local path of `loc` kept for this process's lifetime in the temp dir (tokenizer, codebook, init
     checkpoint: read by name many times); refetched when the object's size or time changed."""
@@ -374,7 +407,7 @@ def cached_copy(loc: Location) -> Path:
     i = info(loc)
     if i.type == pafs.FileType.NotFound:
         raise FileNotFoundError(str(loc))
-    stamp = f"{loc}|{i.size}|{i.mtime_ns}" if i.type == pafs.FileType.File else f"{loc}|dir|{listdir(loc)}"
+    stamp = f"{loc}|{i.size}|{i.mtime_ns}" if i.type == pafs.FileType.File else f"{loc}|{tree_stamp(loc)}"
     key = hashlib.sha256(stamp.encode()).hexdigest()[:20]
     dest = Path(tempfile.gettempdir()) / "indextts-ray-cache" / key / (name(loc) or "object")
     if not dest.exists():
@@ -385,6 +418,32 @@ def cached_copy(loc: Location) -> Path:
             tmp.rename(dest)
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
     return dest
+
+
+@contextlib.contextmanager
+def staged_file(loc: Location) -> Iterator[Path]:
+    """A local path to write `loc` through: the path itself (the writer must be atomic), or a temp file that is
+    uploaded (one PUT) when the `with` body succeeds."""
+    if not is_remote(loc):
+        yield Path(normalize(loc))
+        return
+    with tempfile.TemporaryDirectory(prefix="indextts-stage-") as tmp:
+        local = Path(tmp) / name(loc)
+        yield local
+        upload_file(local, loc)
+
+
+@contextlib.contextmanager
+def staged_dir(loc: Location, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A local folder to write `loc` through: the folder itself, or a temp folder that replaces the remote one
+    (files named in `last` uploaded last) when the `with` body succeeds."""
+    if not is_remote(loc):
+        yield Path(normalize(loc))
+        return
+    with tempfile.TemporaryDirectory(prefix="indextts-stage-") as tmp:
+        local = Path(tmp) / name(loc)
+        yield local
+        publish_dir(local, loc, last)
 
 
 def sha256(loc: Location, chunk: int = 1 << 20) -> str:

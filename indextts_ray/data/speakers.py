@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from indextts_ray import storage
 from indextts_ray.data.manifest import iter_manifest
 from indextts_ray.data.store import SHARD_GLOB, SHARD_SUFFIX, read_table
 from indextts_ray.errors import DataError
@@ -153,6 +154,9 @@ def build_speaker_mapping(source: str | os.PathLike, top_k: int = 500, min_sampl
     """
     if top_k < 1 or min_samples < 1:
         raise DataError(f"top_k ({top_k}) and min_samples ({min_samples}) must be >= 1")
+    if storage.is_remote(source):  # a prepared folder on an object store: its shards, read there
+        counts, skipped = count_shards(storage.glob(source, SHARD_GLOB, recursive=True))
+        return _mapping(source, counts, skipped, top_k, min_samples)
     source = Path(source)
     if not source.exists():
         raise DataError(f"speaker source not found: {source} (a shard folder or a manifest)")
@@ -160,6 +164,10 @@ def build_speaker_mapping(source: str | os.PathLike, top_k: int = 500, min_sampl
         counts, skipped = count_shards(shard_files(source))
     else:
         counts, skipped = count_manifest(source, fmt)
+    return _mapping(source, counts, skipped, top_k, min_samples)
+
+
+def _mapping(source, counts: Counter, skipped: dict[str, int], top_k: int, min_samples: int) -> SpeakerMapping:
     if not counts:
         raise DataError(f"{source}: no rows with a speaker (skipped: {skipped or 'none'})")
     selected = select_speakers(counts, top_k, min_samples)

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from indextts_ray import storage
 from indextts_ray.data.ingest import utterance_clips
 from indextts_ray.errors import DataError
 from indextts_ray.eval.codeclf import TrainedCodeClassifier, train_code_classifier
@@ -163,7 +164,7 @@ def build_setup(data_dir: str | Path, labels: list[str], vocab: int, options: Em
         labels: the model's emotion labels (`emotion_id` indexes them); vocab: the model's `number_mel_codes`.
         seed, test_fraction, min_per_class: judge splits and training, speaker/text/reference choice.
     """
-    data_dir = Path(data_dir)
+    data_dir = storage.pathlike(data_dir)
     files = split_files(data_dir, options.splits)
     rows = light_rows(files)
     rng = np.random.default_rng(seed)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import yaml
 
+from indextts_ray import storage
 from indextts_ray.config import load_config
 from indextts_ray.errors import DataError
 from indextts_ray.eval.embed import embed_clips
@@ -85,7 +86,7 @@ def evaluate_export(export_dir: str | Path, data_dir: str | Path, name: str,
                     options: EvalOptions = EvalOptions(), setup: EmotionControlSetup | None = None) -> StageResult:
     """All metrics of one export on the held-out set (module doc). `setup`: the emotion-control judges and design
     to share between exports (built here when emotion control is on and none is given)."""
-    export_dir, data_dir = Path(export_dir), Path(data_dir)
+    export_dir, data_dir = Path(export_dir), storage.pathlike(data_dir)  # data may be on an object store
     device = resolve_device(options.device)
     loaded = load_export(export_dir, device=device)
     tm = loaded if isinstance(loaded, TrainingModel) else TrainingModel(loaded.cfg, 0, model=loaded).to(device)
@@ -164,7 +165,7 @@ def evaluate_and_report(exports: dict[str, Path], data_dir: str | Path, out_dir:
                             "pass a run's `final` directory or an `indextts-ray export` output")
     setup = emotion_setup(next(iter(exports.values())), data_dir, options) if options.emotion_control else None
     results = [evaluate_export(d, data_dir, name, options, setup) for name, d in exports.items()]
-    return write_report(results, Path(out_dir), data_dir=Path(data_dir), options=options)
+    return write_report(results, Path(out_dir), data_dir=storage.pathlike(data_dir), options=options)
 
 
 def probe_accuracy(r: StageResult, key: str) -> float:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from indextts_ray import storage
 from indextts_ray.data.bucketing import BucketingSettings
 from indextts_ray.data.config import PromptConfig
 from indextts_ray.data.ingest import heldout_rows, make_spec, utterance_clips
@@ -61,7 +62,7 @@ def split_clips(data_dir: str | Path, splits: tuple[str, ...], max_clips: int, s
     MAX_CLIP_FRAMES frames, labelled with their own speaker and emotion), in id order; a seeded sample of
     `max_clips` when there are more. Many more clips than the val prompts: a probe's test split can then be
     large enough to judge its goal (`probes.judge`)."""
-    files = split_files(Path(data_dir), splits)
+    files = split_files(storage.pathlike(data_dir), splits)
     rows = light_rows(files)
     ids = rows.column("id").to_numpy(zero_copy_only=False).astype(str)
     order = np.argsort(ids, kind="stable")  # deterministic whatever the shard order

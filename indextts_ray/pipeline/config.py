@@ -17,6 +17,9 @@ class SynthStep(StrictModel):
     utts_per_speaker: int = Field(24, ge=2)
     languages: list[str] = Field(default_factory=lambda: ["ko", "en"])
     seed: int = 0
+    dir: str | None = Field(None, description="where the corpus (audio + manifest) goes; None = <work_dir>/corpus. "
+                            "Required, a local or shared folder, when work_dir is an object-store URI: prepare reads "
+                            "audio from file paths")
 
 
 class TokenizerStep(StrictModel):
@@ -82,7 +85,8 @@ class PipelineConfig(StrictModel):
         return self
 
 
-    work_dir: str = "pipeline_out"
+    work_dir: str = Field("pipeline_out", description="every step's outputs: a folder, or an object-store URI "
+                          "(s3://bucket/prefix, gs://...; see storage.py)")
     synth: SynthStep = SynthStep()
     tokenizer: TokenizerStep = TokenizerStep()
     speakers: SpeakersStep = SpeakersStep()

@@ -5,6 +5,7 @@ The key chains the keys of the step's dependencies, so changing one stage reruns
 User-provided input files enter the key by (path, size, mtime) so editing a manifest reruns `prepare`; a stage's
 key holds the content hashes of its init checkpoint and data (`content_hash`), recorded in its receipt.
 A step in progress has a `<step>.running.json` marker (host, pid, job id), which `pipeline status` shows.
+The work dir, and so the receipts, may be on an object store (`storage.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import socket
 import time
 from pathlib import Path
 
-from indextts_ray.io_utils import atomic_write_json, sha256_file
+from indextts_ray import storage
+from indextts_ray.io_utils import sha256_file
 
 
 def fingerprint_file(path: str | os.PathLike | None) -> list | None:
@@ -38,6 +40,8 @@ def content_hash(path: str | os.PathLike | None, cache: dict | None = None) -> s
     """
     if path is None:
         return None
+    if storage.is_remote(path):
+        return _remote_content_hash(str(path), cache)
     p = Path(path)
     if not p.exists():
         return "missing"
@@ -55,57 +59,77 @@ def content_hash(path: str | os.PathLike | None, cache: dict | None = None) -> s
     return h.hexdigest()
 
 
+def _remote_content_hash(loc: str, cache: dict | None) -> str:
+    """`content_hash` of an object or a folder of objects: the same hash as the same files on disk."""
+    info = storage.info(loc)
+    if info.type == storage.pafs.FileType.NotFound:
+        return "missing"
+    is_dir = info.type == storage.pafs.FileType.Directory
+    files = storage.tree_stamp(loc) if is_dir else [("", int(info.size), int(info.mtime_ns or 0))]
+    h = hashlib.sha256()
+    for rel, size, mtime in files:
+        f = storage.join(loc, rel) if rel else loc
+        k = f"{f}|{size}|{mtime}"
+        digest = cache.get(k) if cache is not None else None
+        if digest is None:
+            digest = storage.sha256(f)
+            if cache is not None:
+                cache[k] = digest
+        h.update(f"{rel}:{digest};".encode())
+    return h.hexdigest()
+
+
 def step_key(name: str, parts: object, dep_keys: list[str]) -> str:
     blob = json.dumps({"step": name, "parts": parts, "deps": dep_keys}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class Receipts:
-    def __init__(self, work_dir: Path):
-        self.dir = Path(work_dir) / "receipts"
+    def __init__(self, work_dir: Path | str):
+        self.dir = storage.location(storage.join(work_dir, "receipts"))  # a Path, or a URI on a store
 
-    def path(self, step: str) -> Path:
+    def path(self, step: str) -> Path | str:
         return self.dir / f"{step}.json"
 
     def read(self, step: str) -> dict | None:
         p = self.path(step)
-        return json.loads(p.read_text()) if p.exists() else None
+        return storage.read_json(p) if storage.is_file(p) else None
 
     def failure(self, step: str) -> dict | None:
         p = self.dir / f"{step}.failed.json"
-        return json.loads(p.read_text()) if p.exists() else None
+        return storage.read_json(p) if storage.is_file(p) else None
 
     def is_current(self, step: str, key: str) -> bool:
         r = self.read(step)
-        return r is not None and r["key"] == key and all(Path(o).exists() for o in r["outputs"])
+        return r is not None and r["key"] == key and all(storage.exists(o) for o in r["outputs"])
 
     @property
-    def hash_cache_path(self) -> Path:
+    def hash_cache_path(self) -> Path | str:
         return self.dir.parent / ".content_hashes.json"  # beside receipts/: a cache, not a receipt
 
     def hash_cache(self) -> dict:
         p = self.hash_cache_path
         try:
-            return json.loads(p.read_text())
+            return storage.read_json(p)
         except (OSError, ValueError):
             return {}
 
     def save_hash_cache(self, cache: dict) -> None:
-        atomic_write_json(self.hash_cache_path, cache)
+        storage.write_json(self.hash_cache_path, cache)
 
     def mark_running(self, step: str, key: str, **extra) -> None:
         """The step started here (pid/host) or as a Ray Job (`job_id`); removed when it ends."""
-        atomic_write_json(self.dir / f"{step}.running.json", {"step": step, "key": key, "host": socket.gethostname(),
-                                                              "pid": os.getpid(), "started": time.time(), **extra})
+        storage.write_json(self.dir / f"{step}.running.json", {"step": step, "key": key, "host": socket.gethostname(),
+                                                               "pid": os.getpid(), "started": time.time(), **extra})
 
     def clear_running(self, step: str) -> None:
-        (self.dir / f"{step}.running.json").unlink(missing_ok=True)
+        storage.delete(self.dir / f"{step}.running.json")
 
     def running(self, step: str, key: str) -> dict | None:
         """The running marker for this key, unless it names a process on this host that is gone."""
         p = self.dir / f"{step}.running.json"
         try:
-            r = json.loads(p.read_text())
+            r = storage.read_json(p)
         except (OSError, ValueError):
             return None
         if r["key"] != key:
@@ -119,12 +143,12 @@ class Receipts:
             "step": step, "key": key, "outputs": [str(o) for o in outputs], "metrics": metrics,
             "started": started, "finished": time.time(), "seconds": round(time.time() - started, 3), **extra,
         }
-        atomic_write_json(self.path(step), receipt)
-        (self.dir / f"{step}.failed.json").unlink(missing_ok=True)
+        storage.write_json(self.path(step), receipt)
+        storage.delete(self.dir / f"{step}.failed.json")
         return receipt
 
     def write_failure(self, step: str, key: str, error: str, **extra) -> None:
-        atomic_write_json(self.dir / f"{step}.failed.json", {"step": step, "key": key, "error": error,
+        storage.write_json(self.dir / f"{step}.failed.json", {"step": step, "key": key, "error": error,
                                                              "time": time.time(), **extra})
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from indextts_ray import storage
 from indextts_ray.config import Config, config_hash, load_config
 from indextts_ray.errors import UserError
 from indextts_ray.pipeline.receipts import Receipts, step_key
@@ -226,7 +227,7 @@ def job_bundle(cfg: Config, dest: Path) -> Path:
 
 
 def _abs(p: str | None) -> str | None:
-    return None if p is None else str(Path(p).absolute())
+    return None if p is None or storage.is_remote(p) else str(Path(p).absolute())
 
 
 def _absolute_paths(cfg: Config) -> Config:

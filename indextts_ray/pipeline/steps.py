@@ -1,21 +1,21 @@
 """The recipe as a DAG of steps: synth? -> tokenizer? -> prepare -> speakers -> stage1 -> stage2 -> stage3 -> export -> eval.
 
 Each step is a function of the resolved pipeline `Config` that writes into `pipeline.work_dir`; the same
-function runs in-process (`pipeline run`) and inside a Ray Job (`jobs/<step>.py`, `pipeline submit`).
+function runs in-process (`pipeline run`) and inside a Ray Job (`jobs/<step>.py`, `pipeline submit`). The work
+dir may be an object-store URI (`storage.py`): every output then lives there (the synthetic corpus excepted:
+audio is read from file paths, `pipeline.synth.dir`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from indextts_ray import storage
 from indextts_ray.config import Config, config_to_dict, load_config
 from indextts_ray.errors import ConfigError
-from indextts_ray.io_utils import atomic_write_json
 from indextts_ray.pipeline.receipts import content_hash, fingerprint_file
 
 log = logging.getLogger("indextts_ray.pipeline")
@@ -23,13 +23,14 @@ log = logging.getLogger("indextts_ray.pipeline")
 
 @dataclass(frozen=True)
 class Layout:
-    """Where every step's outputs live under the work dir."""
+    """Where every step's outputs live under the work dir (a `Path`, or a `storage.URI`: both join with `/`)."""
 
-    work: Path
+    work: Path | storage.URI
+    synth_dir: Path | None = None  # pipeline.synth.dir
 
     @property
     def corpus(self) -> Path:
-        return self.work / "corpus"
+        return self.synth_dir or self.work / "corpus"
 
     @property
     def prepared(self) -> Path:
@@ -60,7 +61,15 @@ class Layout:
 
 
 def layout(cfg: Config) -> Layout:
-    return Layout(Path(cfg.pipeline.work_dir).absolute())
+    p = cfg.pipeline
+    storage.check(p.work_dir, "pipeline.work_dir")
+    if p.synth.dir is not None and storage.is_remote(p.synth.dir):
+        raise ConfigError(f"pipeline.synth.dir={p.synth.dir}: the corpus must be a local or shared folder (prepare "
+                          "reads audio from file paths)")
+    if p.synth.enabled and p.synth.dir is None and storage.is_remote(p.work_dir):
+        raise ConfigError(f"pipeline.work_dir={p.work_dir} is an object store: set pipeline.synth.dir to a local or "
+                          "shared folder for the synthetic corpus (prepare reads audio from file paths)")
+    return Layout(storage.location(p.work_dir), Path(p.synth.dir).absolute() if p.synth.dir else None)
 
 
 def data_config(cfg: Config) -> Config:
@@ -123,16 +132,17 @@ class StepContext:
 RUN_KEY = "pipeline_key.json"  # in a stage's run dir: the step key its checkpoints were trained under
 
 
-def claim_run_dir(run_dir: Path, ctx: StepContext) -> None:
+def claim_run_dir(run_dir: Path | str, ctx: StepContext) -> None:
     """A run dir belongs to one step key: another key's (or an unmarked) run is deleted, so a changed init
     checkpoint, data or config trains from step 0 and never resumes, or returns early from, an old run."""
-    marker = run_dir / RUN_KEY
-    owner = json.loads(marker.read_text())["key"] if marker.is_file() else None
-    if run_dir.exists() and (ctx.fresh or owner != ctx.key):
+    marker = storage.join(run_dir, RUN_KEY)
+    owner = storage.read_json(marker)["key"] if storage.is_file(marker) else None
+    present = storage.exists(run_dir) if not storage.is_remote(run_dir) else bool(storage.listdir(run_dir))
+    if present and (ctx.fresh or owner != ctx.key):
         why = "forced" if ctx.fresh else "trained with other inputs or config" if owner else "not made by this step"
         log.info("%s: %s; starting a fresh run", run_dir, why)
-        shutil.rmtree(run_dir)
-    atomic_write_json(marker, {"key": ctx.key, "inputs": ctx.inputs})
+        storage.delete(run_dir)
+    storage.write_json(marker, {"key": ctx.key, "inputs": ctx.inputs})
 
 
 def run_synth(cfg: Config) -> dict:
@@ -164,14 +174,17 @@ def run_tokenizer(cfg: Config) -> dict:
             raise ConfigError(f"the corpus needs a tokenizer of at least {vocab} pieces (its distinct characters) > "
                               f"model.number_text_tokens {cfg.model.number_text_tokens}; set "
                               f"model.number_text_tokens={vocab} or more")
-        train_tokenizer(texts, out.with_suffix(""), vocab, t.character_coverage)
-        return {"vocab_size": load_tokenizer(out).vocab_size, "texts": len(texts), "rows_without_text": skipped}
+        with storage.staged_file(out) as local:  # written here, uploaded when the work dir is a store
+            train_tokenizer(texts, local.with_suffix(""), vocab, t.character_coverage)
+            made = load_tokenizer(local).vocab_size
+        return {"vocab_size": made, "texts": len(texts), "rows_without_text": skipped}
     if t.language is not None and t.language not in by_lang:
         raise ConfigError(f"pipeline.tokenizer.language={t.language!r}: the manifest has rows of "
                           f"{', '.join(sorted(by_lang))} only")
     texts = by_lang[t.language] if t.language else [x for xs in by_lang.values() for x in xs]
-    report = extend_tokenizer(t.base, texts, out, t.pieces, coverage_texts=by_lang,
-                              character_coverage=t.character_coverage)
+    with storage.staged_file(out) as local:
+        report = extend_tokenizer(t.base, texts, local, t.pieces, coverage_texts=by_lang,
+                                  character_coverage=t.character_coverage)
     if report.new_vocab > cfg.model.number_text_tokens:
         raise ConfigError(f"{out}: {report.new_vocab} pieces > model.number_text_tokens "
                           f"{cfg.model.number_text_tokens}; set model.number_text_tokens={report.new_vocab} or more "
@@ -197,7 +210,8 @@ def run_speakers(cfg: Config) -> dict:
 
     s = cfg.pipeline.speakers
     sm = build_speaker_mapping(layout(cfg).prepared / "train", top_k=s.top_k, min_samples=s.min_samples)
-    save_speaker_mapping(sm, layout(cfg).mapping)
+    with storage.staged_file(layout(cfg).mapping) as local:
+        save_speaker_mapping(sm, local)
     print(sm.report())
     return {"selected_speakers": len(sm.mapping), **{k: v for k, v in sm.summary.items() if isinstance(v, int | float)}}
 
@@ -208,9 +222,12 @@ def run_stage(cfg: Config, stage: int, ctx: StepContext) -> dict:
     from indextts_ray.train.trainer import run_training
 
     scfg = stage_config(cfg, stage)
-    run_dir = Path(scfg.run.output_dir) / scfg.run.name
+    run_dir = storage.join(scfg.run.output_dir, scfg.run.name)
     claim_run_dir(run_dir, ctx)
     if getattr(cfg.pipeline, f"stage{stage}").tune:
+        if storage.is_remote(run_dir):
+            raise ConfigError(f"pipeline.stage{stage}.tune: a Tune search needs a local or shared pipeline.work_dir "
+                              f"(not {cfg.pipeline.work_dir}) for now")
         return run_tuned_stage(scfg, layout(cfg).final(stage))
     run_training(scfg)
     export_run(run_dir, layout(cfg).final(stage))
@@ -250,11 +267,14 @@ def run_eval(cfg: Config) -> dict:
     ec = cfg.pipeline.eval.emotion_control
     control = EmotionControlOptions(speakers=ec.speakers, texts=ec.texts, alpha=ec.alpha, max_codes=ec.max_codes,
                                     splits=tuple(ec.splits), reference=ec.reference, epochs=ec.epochs)
-    summary = evaluate_and_report({f"stage{n}": lay.final(n) for n in (1, 2, 3)}, lay.prepared, lay.report,
-                                  EvalOptions(max_items=cfg.pipeline.eval.max_items,
-                                              probe_splits=tuple(cfg.pipeline.eval.probe_splits),
-                                              max_probe_clips=cfg.pipeline.eval.max_probe_clips,
-                                              emotion_control=control if ec.enabled else None))
+    # exports are read from local copies on a store; the report is written here and uploaded whole
+    exports = {f"stage{n}": storage.cached_copy(lay.final(n)) for n in (1, 2, 3)}
+    with storage.staged_dir(lay.report, last=("report.html",)) as report:
+        summary = evaluate_and_report(exports, lay.prepared, report,
+                                      EvalOptions(max_items=cfg.pipeline.eval.max_items,
+                                                  probe_splits=tuple(cfg.pipeline.eval.probe_splits),
+                                                  max_probe_clips=cfg.pipeline.eval.max_probe_clips,
+                                                  emotion_control=control if ec.enabled else None))
     return {"report": str(lay.report / "report.md"), **summary["flat"]}
 
 
@@ -264,7 +284,7 @@ def stage_inputs(cfg: Config, stage: int, cache: dict | None = None) -> dict:
     scfg = stage_config(cfg, stage)
     tc = scfg.train
     return {"init_checkpoint": content_hash(tc.init_checkpoint, cache),
-            "data": {d: content_hash(Path(d) / "dataset.json", cache) for d in tc.data_dirs},
+            "data": {d: content_hash(storage.join(d, "dataset.json"), cache) for d in tc.data_dirs},
             "speaker_mapping": content_hash(tc.speaker_mapping, cache)}
 
 
@@ -277,7 +297,7 @@ def stage_progress(cfg: Config, stage: int) -> str:
     if getattr(cfg.pipeline, f"stage{stage}").tune:
         trials = sorted((Path(scfg.run.output_dir) / name / "runs").glob("*.lineage.json"))
         return f"{len(trials)} trials started"
-    metrics = read_metrics(Path(scfg.run.output_dir) / name)
+    metrics = read_metrics(storage.join(scfg.run.output_dir, name))
     return f"step {max(metrics) if metrics else 0}/{scfg.train.max_steps or '?'}"
 
 
