@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 HELP = ("Export a run's latest checkpoint (or a given step-* checkpoint) to a directory the official IndexTTS2 "
         "inference code loads: gpt.pth with exactly the official keys, gpt.safetensors, config.yaml (gpt: section), "
@@ -15,8 +14,9 @@ EXAMPLES = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", type=Path, help="run directory or step-* checkpoint directory")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    # str, not Path: either may be an object-store URI (s3://...), whose `//` a Path would collapse
+    p.add_argument("source", help="run directory or step-* checkpoint directory (a path or s3://, gs:// URI)")
+    p.add_argument("--out", required=True, help="output directory (a path or s3://, gs:// URI)")
 
 
 def run(args: argparse.Namespace) -> int:

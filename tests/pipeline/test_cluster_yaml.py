@@ -39,8 +39,20 @@ def test_works_on_a_stock_ubuntu_image():
         # jobs' `python` is the venv's (the job supervisor runs entrypoints with the raylet's PATH)
         assert "indextts-ray/.venv/bin:$PATH" in start
     assert cfg["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
-    assert "bucket" not in CLUSTER.read_text().lower()  # nothing sets DDP bucket sizes: no promise of it
+    assert "bucket_cap" not in CLUSTER.read_text()  # nothing sets DDP bucket sizes: no promise of it
     assert re.search(r"NVIDIA driver >= \d+", README.read_text()), "README states the driver the CUDA build needs"
+
+
+def test_nodes_use_an_object_store_not_nfs():
+    """Checkpoints and data go to an object store every node reaches: its endpoint and credentials on every node."""
+    cfg, text = load(), CLUSTER.read_text()
+    assert re.search(r"pipeline.work_dir=s3://<bucket>/\S+", text)  # the storage_path users set
+    assert "/data" not in text  # no shared mount assumed
+    for kind in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert re.search(r"AWS_ENDPOINT_URL=\$\{S3_ENDPOINT:-\S*\}", " ".join(cfg[kind]))  # before `ray start`
+    assert cfg["file_mounts"].get("~/.aws/credentials") == "~/.aws/credentials"
+    readme = README.read_text()
+    assert "s3://<bucket>/indextts-ray" in readme and "AWS_ENDPOINT_URL" in readme
 
 
 def test_validation_can_fail():
