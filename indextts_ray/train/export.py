@@ -19,7 +19,7 @@ from indextts_ray.errors import UserError
 from indextts_ray.model.checkpoint_io import export_checkpoint
 from indextts_ray.model.training import TrainingModel
 from indextts_ray.train.ema import load_ema_weights
-from indextts_ray.train.state import STATE_FILE
+from indextts_ray.train.state import STATE_FILE, SUMMARY_FILE
 
 EXPORT_MARKER = "gpt.pth"  # uploaded last: an export on a store is complete when it exists
 
@@ -42,6 +42,17 @@ def state_file(checkpoint_dir: Path | str):
     """A local path of the checkpoint's state.pt (downloaded for the `with` body when it is on a store)."""
     with storage.local_copy(storage.join(checkpoint_dir, STATE_FILE)) as path:
         yield path
+
+
+def saved_summary(checkpoint_dir: Path | str) -> dict:
+    """{"progress": run state, "config": resolved config} of a checkpoint: its summary.json, or (checkpoints
+    written before it) its state.pt, memory-mapped so only those entries are read (downloaded from a store)."""
+    summary = storage.join(checkpoint_dir, SUMMARY_FILE)
+    if storage.is_file(summary):
+        return storage.read_json(summary)
+    with state_file(checkpoint_dir) as path:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return {"progress": blob["progress"], "config": json.loads(blob["config"])}
 
 
 def model_from_checkpoint(checkpoint_dir: Path | str) -> tuple[TrainingModel, Config]:
@@ -85,10 +96,7 @@ def export_run(source: Path | str, out_dir: Path | str) -> Path | str:
 
 
 def _stored_config(checkpoint_dir: Path | str) -> Config:
-    # mmap: only the config string is read, not gigabytes of weights and optimizer state (a store: downloaded)
-    with state_file(checkpoint_dir) as path:
-        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return Config.model_validate(json.loads(blob["config"]))
+    return Config.model_validate(saved_summary(checkpoint_dir)["config"])
 
 
 def copy_dir(src: Path | str, dst: Path | str) -> Path | str:

@@ -89,20 +89,16 @@ def _short(value) -> str:
 def check_resume(run_dir: Path, cfg: Config, spec=None) -> list[str]:
     """The run's newest checkpoint (none: nothing to check), read once: its data fingerprint against `spec`
     (the run's `IngestSpec`, when given) and `check_resume_config` against `cfg`. Returns the applied changes."""
-    import torch
-
     from indextts_ray import storage
     from indextts_ray.data.ingest import check_same_data
-    from indextts_ray.train.export import latest_checkpoint, state_file
+    from indextts_ray.train.export import latest_checkpoint, saved_summary
 
     try:
         ckpt = latest_checkpoint(run_dir)
     except UserError:
         return []
-    # mmap: only the progress entry and the config string are read, not the weights (a store: downloaded)
-    with state_file(ckpt) as path:
-        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        progress, saved = blob["progress"], json.loads(blob["config"])
+    summary = saved_summary(ckpt)  # summary.json: the run state and config, not the weights
+    progress, saved = summary["progress"], summary["config"]
     if spec is not None:
         try:
             check_same_data(progress.get("data") or None, spec)

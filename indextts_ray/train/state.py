@@ -23,6 +23,7 @@ from indextts_ray.train.sharding import full_state_dicts, is_sharded, load_full_
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
+SUMMARY_FILE = "summary.json"  # run state + config beside state.pt: what the driver's resume checks read
 
 
 @dataclass
@@ -60,7 +61,9 @@ def gather_state(model, optimizer, ema=None) -> dict:
 
 
 def save_state(directory: Path, *, weights: dict, scheduler, scaler, state: RunState, config: dict) -> Path:
-    """Write `state.pt` (atomic) and `checksums.json` into `directory` (`weights`: from `gather_state`)."""
+    """Write `state.pt` (atomic), `summary.json` and `checksums.json` (last) into `directory` (`weights`: from
+    `gather_state`). The summary lets the driver check a resume without reading the weights (a download from
+    an object store)."""
     directory.mkdir(parents=True, exist_ok=True)
     blob = {
         "format_version": FORMAT_VERSION,
@@ -73,6 +76,7 @@ def save_state(directory: Path, *, weights: dict, scheduler, scaler, state: RunS
         "ema": weights["ema"],
     }
     path = atomic_write(directory / STATE_FILE, lambda tmp: torch.save(blob, tmp))
+    atomic_write_json(directory / SUMMARY_FILE, {"progress": blob["progress"], "config": config})
     atomic_write_json(directory / "checksums.json", {STATE_FILE: sha256_file(path)})
     return path
 

@@ -68,6 +68,7 @@ def test_stage1_on_s3_resumes_after_a_kill_and_exports(tiny_dataset, local_ref, 
 
     assert storage.read_json(storage.join(run_loc, "finished.json"))["step"] == 6
     assert storage.name(latest_checkpoint(run_loc)) == "step-00000006"
+    assert storage.read_json(storage.join(latest_checkpoint(run_loc), "summary.json"))["progress"]["step"] == 6
     ref, got = read_metrics(local_ref), read_metrics(run_loc)  # metrics.jsonl as uploaded to the store
     assert sorted(s for s in got if "mel_loss" in got[s]) == list(range(1, 7))
     for step in range(1, 7):  # the same batches, read from the store, before and after the resume
