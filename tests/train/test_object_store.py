@@ -61,7 +61,7 @@ def test_stage1_on_s3_resumes_after_a_kill_and_exports(tiny_dataset, local_ref, 
     kill_rank1_after(run_loc, 2, first_attempt).join(timeout=300)
     assert "error" in done, "the run was not interrupted"
     killed_at = int(storage.name(latest_checkpoint(run_loc)).split("-")[1])
-    assert killed_at in (2, 4)  # the last registered checkpoint before the kill
+    assert killed_at in (2, 3, 4)  # the last registered before the kill (every 2 steps and at the epoch's end, 3)
     assert not storage.is_file(storage.join(run_loc, "finished.json"))
 
     run_training(cfg)  # the same command again: resumes from the store's last checkpoint
