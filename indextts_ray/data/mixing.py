@@ -171,7 +171,8 @@ class DatasetMeter:
         return out
 
 
-COMPATIBLE_KEYS = (("schema_version",), ("features", "kind"), ("features", "dim"), ("features", "codebook_size"),
+COMPATIBLE_KEYS = (("schema_version",), ("features", "kind"), ("features", "mode"), ("features", "dim"),
+                   ("features", "codebook_size"),
                    ("tokenizer", "sha256"), ("emotion_labels",))
 
 
@@ -189,6 +190,7 @@ def check_compatible(dataset_dirs: list[Path]) -> None:
             raise DataError(f"{meta} not found: run `indextts-ray prepare` for this dataset first")
         info = json.loads(meta.read_text())
         key = {"/".join(k): _dig(info, k) for k in COMPATIBLE_KEYS}
+        key["features/mode"] = key["features/mode"] or "stored"  # folders prepared before the mode existed
         fitted = sorted(p for p in (d / "features").rglob("*") if p.is_file())
         key["features/fitted"] = {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
                                   for p in fitted}

@@ -6,10 +6,16 @@ A stored row is one accepted utterance, its features kept once (whatever it is u
     text, text_norm, text_ids, n_text               text as given, normalised, BPE ids (no start/stop)
     codes, n_codes, duration                        semantic codes at 50 Hz (no start/stop), seconds
     feats, n_frames, feat_dim                       the utterance's own conditioning features, float16
-                                                    row-major (n_frames, feat_dim) bytes
+                                                    row-major (n_frames, feat_dim) bytes; empty in
+                                                    `data.features.mode: streaming` (computed from the audio
+                                                    in the training stream, `data/stream_features.py`)
     prompt_feats, prompt_frames                     features of the row's own `prompt_audio_path`; null / 0 =
                                                     a prompt is drawn from the speaker's other utterances
-    emo_feats, emo_frames                           features of `emotion_audio_path`; null / 0 = none
+                                                    (empty blob + frames: streaming, computed from the file)
+    emo_feats, emo_frames                           features of `emotion_audio_path`; null / 0 = none (empty
+                                                    blob: streaming)
+    audio_path, prompt_audio_path,                  the absolute files `prepare` decoded (whole file; the two
+    emotion_audio_path                              clips cut to `data.prompt.max_seconds`); null = none
 
 Prompts are not stored: the ingest draws one per target and epoch (`data/prompts.py`) and joins its
 features in the stream. A batch row (what the fetch stage emits and `collate` reads) is one (prompt,
@@ -52,9 +58,15 @@ UTTERANCE_SCHEMA = pa.schema(
         pa.field("prompt_feats", pa.binary(), nullable=True),
         pa.field("prompt_frames", pa.int32(), nullable=False),
         *_EMO_FIELDS,
+        # what streaming mode recomputes features from (added within schema 2: folders prepared before have no
+        # such columns and are stored-mode; `RowStore.take` reads only the columns it is asked for)
+        pa.field("audio_path", pa.string(), nullable=True),
+        pa.field("prompt_audio_path", pa.string(), nullable=True),
+        pa.field("emotion_audio_path", pa.string(), nullable=True),
     ],
     metadata=_META,
 )
+AUDIO_COLUMNS = ["audio_path", "prompt_audio_path", "emotion_audio_path"]
 
 BATCH_SCHEMA = pa.schema(
     [
