@@ -45,10 +45,9 @@ from indextts_ray.data.config import PromptConfig
 from indextts_ray.data.features.base import FRAME_RATE
 from indextts_ray.data.pairing import column_codes
 from indextts_ray.data.prompts import REASONS, crop_starts, draw_prompts, row_hash
-from indextts_ray.data.schema import AUDIO_COLUMNS, BATCH_SCHEMA
+from indextts_ray.data.schema import AUDIO_COLUMNS, BATCH_SCHEMA, pack_batches, unpack_batches
 from indextts_ray.data.store import RowStore, list_shards, read_table, row_counts
 from indextts_ray.data.stream_features import (
-    BATCH_ROWS,
     StreamFeatures,
     StreamSettings,
     stream_settings,
@@ -469,12 +468,14 @@ def join_prompts(targets: pa.Table, prompts: pa.Table, crops: list[int], max_fra
 
 
 def _fetch_stage(entries: pa.Table, spec: IngestSpec) -> pa.Table:
-    return fetch_entries(entries, _store(spec), spec.max_prompt_frames, spec.emotion_reference, spec.seed,
-                         spec.stream.clip_seconds if spec.stream else None)
+    """Plan entries -> packed micro-batches (one row per entry, `schema.PACKED_SCHEMA`)."""
+    clip = spec.stream.clip_seconds if spec.stream else None
+    return pack_batches([fetch_entries(entries.slice(i, 1), _store(spec), spec.max_prompt_frames,
+                                       spec.emotion_reference, spec.seed, clip) for i in range(entries.num_rows)])
 
 
 def rank_dataset(spec: IngestSpec, split: str, rank: int):
-    """The ordered Ray Data stream of one rank: cursor entries -> fetched batch rows."""
+    """The ordered Ray Data stream of one rank: cursor entries -> fetched micro-batches (packed: one row each)."""
     seed_ds = ray.data.from_items([{"split": split, "rank": rank}], override_num_blocks=1)
     entries = seed_ds.map_batches(_entry_stream, fn_kwargs={"spec": spec}, batch_size=1, batch_format="pyarrow",
                                   num_cpus=0.01)
@@ -482,10 +483,17 @@ def rank_dataset(spec: IngestSpec, split: str, rank: int):
                              zero_copy_batch=True, num_cpus=spec.fetch_cpus)
     if spec.stream is not None:  # the extractor as an actor stage: loaded once per actor, rows stay in order
         s = spec.stream
-        ds = ds.map_batches(StreamFeatures, fn_constructor_kwargs={"settings": s}, batch_size=BATCH_ROWS,
+        ds = ds.map_batches(StreamFeatures, fn_constructor_kwargs={"settings": s}, batch_size=1,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=s.actors),
                             num_cpus=s.cpus, num_gpus=s.gpus or None)
     ds.context.execution_options.preserve_order = True  # fetch tasks run in parallel; entries stay in cursor order
+    # Ray Data merges a task's outputs into blocks of up to target_max_block_size (128 MiB): the entry generator's
+    # small chunks became one block holding the whole cursor, emitted when the generator ended, so one fetch task
+    # (and in streaming mode one extractor call) took every entry before the first batch left. One row per block
+    # keeps the stream a stream (entries spread over fetch tasks / actors, batches leave as they are ready), and
+    # a row is a whole packed micro-batch, so the per-block cost is paid once per micro-batch (1-row blocks of
+    # batch rows halved the throughput).
+    ds.context.target_max_block_size = 1
     return ds
 
 
@@ -509,22 +517,9 @@ class IngestDataConfig(DataConfig):
 
 
 def micro_batches(iterator, prefetch: int = 2) -> Iterator[pa.Table]:
-    """Group the stream's rows back into plan entries (one table per entry, in cursor order)."""
-    pending: list[pa.Table] = []
-    current = None
+    """The stream's micro-batches (one table per plan entry, in cursor order)."""
     for block in iterator.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch):
-        if block.num_rows == 0:
-            continue
-        entry = block.column("entry").to_numpy()
-        cuts = np.flatnonzero(np.diff(entry)) + 1
-        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(entry)]):
-            if current is not None and entry[a] != current:
-                yield pa.concat_tables(pending)
-                pending = []
-            current = int(entry[a])
-            pending.append(block.slice(int(a), int(b - a)))
-    if pending:
-        yield pa.concat_tables(pending)
+        yield from unpack_batches(block)
 
 
 def prompted_rows(spec: IngestSpec, split: str, epoch: int, max_items: int | None = None, seed: int = 0) -> pa.Table:
@@ -539,7 +534,7 @@ def prompted_rows(spec: IngestSpec, split: str, epoch: int, max_items: int | Non
              "crops": plan.crop[pick].tolist(), "epoch": epoch}
     rows = fetch_entries(pa.Table.from_pylist([entry], schema=_ENTRY_SCHEMA), store, spec.max_prompt_frames,
                          spec.emotion_reference, spec.seed, spec.stream.clip_seconds if spec.stream else None)
-    return StreamFeatures(spec.stream)(rows) if spec.stream else rows
+    return StreamFeatures(spec.stream).fill(rows) if spec.stream else rows
 
 
 def heldout_rows(spec: IngestSpec, max_items: int, seed: int = 0) -> pa.Table:

@@ -86,6 +86,11 @@ BATCH_SCHEMA = pa.schema(
     metadata=_META,
 )
 
+# the training stream's unit between its stages: one row per micro-batch (plan entry), its batch rows as Arrow IPC
+# bytes, so Ray Data moves whole micro-batches as single-row blocks (`ingest.rank_dataset`)
+PACKED_SCHEMA = pa.schema([pa.field("entry", pa.int64(), nullable=False),
+                           pa.field("batch", pa.large_binary(), nullable=False)])
+
 REJECTED_SCHEMA = pa.schema(
     [
         pa.field("source", pa.string(), nullable=False),  # manifest file
@@ -122,3 +127,21 @@ def schema_version_of(path) -> int:
     if raw is None:
         raise ValueError(f"{path}: no indextts_ray.schema_version in the shard's metadata")
     return int(raw)
+
+
+def pack_batches(tables: list[pa.Table]) -> pa.Table:
+    """Micro-batches (each one plan entry's rows) -> `PACKED_SCHEMA` rows, one per micro-batch."""
+    blobs = []
+    for t in tables:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, t.schema) as w:
+            w.write_table(t)
+        blobs.append(sink.getvalue().to_pybytes())
+    entries = [int(t.column("entry")[0].as_py()) for t in tables]
+    return pa.table({"entry": pa.array(entries, pa.int64()), "batch": pa.array(blobs, pa.large_binary())},
+                    schema=PACKED_SCHEMA)
+
+
+def unpack_batches(packed: pa.Table) -> list[pa.Table]:
+    """`PACKED_SCHEMA` rows -> their micro-batches (zero-copy reads of the IPC bytes)."""
+    return [pa.ipc.open_stream(blob.as_buffer()).read_all() for blob in packed.column("batch")]

@@ -1,7 +1,7 @@
 """Streaming features (`data.features.mode: streaming`): prompt and emotion-reference features computed from the
 audio inside the training stream, by Ray Data actors that load the extractor once.
 
-    fetch task (data/ingest.py)                          extractor actor (`StreamFeatures`)             worker
+    fetch task (data/ingest.py; packed micro-batches)    extractor actor (`StreamFeatures`)             worker
     batch rows exactly as in stored mode, but every  ->  per request: decode the file as `prepare`  ->  collate
     feature blob empty; per clip a request:              did, extractor.features of the whole clip,
       _<clip>_path   file (null = nothing to compute)    check its frames == _<clip>_total, crop
@@ -30,7 +30,7 @@ import pyarrow as pa
 from indextts_ray.data.audio import read_wav16k
 from indextts_ray.data.config import FeaturesConfig
 from indextts_ray.data.features.base import build_extractor
-from indextts_ray.data.schema import FEATS_DTYPE
+from indextts_ray.data.schema import FEATS_DTYPE, pack_batches, unpack_batches
 from indextts_ray.errors import DataError
 
 CLIPS = {"prompt": ("prompt_feats", "prompt_frames"), "emo": ("emo_feats", "emo_frames")}  # clip -> batch columns
@@ -38,7 +38,6 @@ REQUEST_FIELDS = [(f"_{clip}_{name}", t) for clip in CLIPS
                   for name, t in (("path", pa.string()), ("clip", pa.float64()), ("start", pa.int32()),
                                   ("total", pa.int32()))]
 REQUEST_COLUMNS = [name for name, _ in REQUEST_FIELDS]
-BATCH_ROWS = 16  # rows per actor call (an explicit size: Ray Data requires one for GPU stages)
 
 
 @dataclass(frozen=True)
@@ -91,8 +90,8 @@ def with_requests(batch: pa.Table, clip: str, path: list, seconds: np.ndarray, s
 
 
 class StreamFeatures:
-    """Ray Data callable class: one extractor per actor (built once), fills the requested feature blobs and
-    drops the request columns (out: `schema.BATCH_SCHEMA`). Also called in-process (eval, tests)."""
+    """Ray Data callable class: one extractor per actor (built once); each call fills the requested feature
+    blobs of packed micro-batches (`schema.PACKED_SCHEMA`). `fill` does one table (in-process: eval, tests)."""
 
     def __init__(self, settings: StreamSettings):
         cfg = FeaturesConfig.model_validate_json(settings.extractor)
@@ -101,7 +100,11 @@ class StreamFeatures:
         self.settings = settings
         self.extractor = build_extractor(cfg, settings.feature_dir)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, packed: pa.Table) -> pa.Table:
+        return pack_batches([self.fill(t) for t in unpack_batches(packed)])
+
+    def fill(self, batch: pa.Table) -> pa.Table:
+        """Batch rows with requests -> `schema.BATCH_SCHEMA` rows with their features."""
         cache: dict[tuple[str, float], np.ndarray] = {}  # a prompt utterance shared by rows is computed once
         for clip, (feats_col, frames_col) in CLIPS.items():
             paths = batch.column(f"_{clip}_path").to_pylist()

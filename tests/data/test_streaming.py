@@ -172,15 +172,15 @@ def test_changed_or_missing_audio_is_an_error_not_other_features(prepared, tmp_p
     batch, s = _requests(prepared)
     assert set(REQUEST_COLUMNS) <= set(batch.column_names)
     actor = StreamFeatures(s.stream)
-    assert actor(batch).num_rows == batch.num_rows  # as fetched: fine
+    assert actor.fill(batch).num_rows == batch.num_rows  # as fetched: fine
     total = batch.column("_prompt_total").to_numpy().copy()
     total[0] += 1
     with pytest.raises(DataError, match="changed since prepare"):
-        actor(batch.set_column(batch.schema.get_field_index("_prompt_total"), "_prompt_total", pa.array(total)))
+        actor.fill(batch.set_column(batch.schema.get_field_index("_prompt_total"), "_prompt_total", pa.array(total)))
     paths = batch.column("_prompt_path").to_pylist()
     paths[0] = str(tmp_path / "gone.wav")
     with pytest.raises(DataError, match="cannot read .*gone.wav.*paths prepare used"):
-        actor(batch.set_column(batch.schema.get_field_index("_prompt_path"), "_prompt_path", pa.array(paths)))
+        actor.fill(batch.set_column(batch.schema.get_field_index("_prompt_path"), "_prompt_path", pa.array(paths)))
 
 
 def test_mixed_modes_and_bad_keys_are_refused(prepared):
