@@ -5,9 +5,9 @@
     IngestSpec  ---------->   corpus index (lengths, speaker, emotion,   [entries] generator task         get_dataset_shard
     (paths, row counts,       frames per row: ints, no features)           asks the planner for this       ("train")
      seed, policies)          epoch plan = token-budget batches          rank's cursor, in chunks        .iter_batches()
-                              + a prompt drawn per target and epoch  --> [fetch] tasks: target rows +    -> rows grouped by
-                              + a random crop per prompt                   prompt rows from the store,     `entry` -> collate
-                              cursor per (split, rank): plan indices       prompt cropped, fp16 bytes
+                              + a prompt drawn per target and epoch  --> [fetch] tasks: target rows +    -> one packed
+                              + a random crop per prompt                   prompt rows from the store,     micro-batch per
+                              cursor per (split, rank): plan indices       prompt cropped, fp16 bytes      block -> collate
                               (training: lazily, epoch after epoch)      [features] actors, streaming mode only:
                                                                            the crops computed from the audio
 
