@@ -44,10 +44,7 @@ def load_checked(path: str, cfg: DataConfig, declared_duration: float | None = N
     `check_length=False` skips min/max duration (explicit prompt files are cut, not judged by length).
     """
     try:
-        with sf.SoundFile(path) as f:
-            sr, total = f.samplerate, f.frames
-            n = total if max_seconds is None else min(total, int(max_seconds * sr))
-            data = f.read(n, dtype="float32", always_2d=True)  # (N, C)
+        data, sr, total = _read(path, max_seconds)
     except Exception as e:
         return _open_error(path, e)
     if total == 0 or data.shape[0] == 0:
@@ -62,7 +59,7 @@ def load_checked(path: str, cfg: DataConfig, declared_duration: float | None = N
         if abs(declared_duration - duration) > cfg.duration_tolerance:
             return Rejection("duration_mismatch", f"declared {declared_duration:.2f} s, audio {duration:.2f} s")
     downmixed = data.shape[1] > 1
-    wav = data.mean(axis=1) if downmixed else data[:, 0]
+    wav = _mono(data)
     bad = check_audio(wav, sr, cfg.silence_dbfs, cfg.clip_level, cfg.max_clip_fraction, cfg.clip_run)
     if bad:
         return bad
@@ -70,6 +67,26 @@ def load_checked(path: str, cfg: DataConfig, declared_duration: float | None = N
         wav16k=resample(wav, sr, cfg.feature_sample_rate), duration=duration, source_rate=sr,
         resampled=sr != cfg.sample_rate, downmixed=downmixed,
     )
+
+
+def read_wav16k(path: str, rate: int, max_seconds: float | None = None) -> np.ndarray:
+    """The samples `load_checked` gives the extractor for a file it accepted, without re-running the checks
+    (streaming features recompute exactly what `prepare` computed). Raises OSError/RuntimeError when the file
+    cannot be read."""
+    data, sr, _ = _read(path, max_seconds)
+    return resample(_mono(data), sr, rate)
+
+
+def _read(path: str, max_seconds: float | None) -> tuple[np.ndarray, int, int]:
+    """(samples (N, C) float32, sample rate, frames of the whole file); only the first `max_seconds` read."""
+    with sf.SoundFile(path) as f:
+        sr, total = f.samplerate, f.frames
+        n = total if max_seconds is None else min(total, int(max_seconds * sr))
+        return f.read(n, dtype="float32", always_2d=True), sr, total
+
+
+def _mono(data: np.ndarray) -> np.ndarray:
+    return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
 
 
 def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:

@@ -27,9 +27,21 @@ class FeaturesConfig(StrictModel):
     `w2vbert_dir` (facebook/w2v-bert-2.0: config.json, model.safetensors, preprocessor_config.json),
     `w2v_stat_path` (wav2vec2bert_stats.pt), `semantic_codec_path` (amphion/MaskGCT
     semantic_codec/model.safetensors). Features are `hidden_states[layer]` normalised with the stats.
+
+    `mode` decides where the conditioning features live (codes are always stored: they are the targets).
+    `stored` (default): every utterance's own float16 features are in its row and the ingest crops a prompt's
+    stored frames (w2v-BERT: ≈ 100 KB per second of audio). `streaming`: none are stored (`feats`, and the
+    `prompt_feats`/`emo_feats` of rows with their own files, are empty blobs; a row keeps its absolute
+    `audio_path`, `n_frames` and `feat_dim`); training computes each prompt's and emotion reference's features
+    from the audio inside the Ray Data stream, on extractor actors (`train.scaling.feature_actors`,
+    `feature_actor_cpus`, `feature_actor_gpus`), and crops the same frames, so the batches equal stored mode's.
+    Choose it when the features would not fit the storage (w2v-BERT: ~1.6 TB for 2.7M utterances) and the GPUs
+    can spare ~17/24 of a w2v-BERT forward per prompt (README, "Streaming features"). The audio files and the
+    extractor's weights must stay at the paths `prepare` used, on every node that runs an extractor actor.
     """
 
     kind: Literal["builtin", "w2vbert-maskgct"] = "builtin"
+    mode: Literal["stored", "streaming"] = "stored"
     n_mels: int = Field(80, gt=0, le=256)
     codebook_size: int = Field(1024, ge=2)
     kmeans_sample_frames: int = Field(50_000, gt=0)

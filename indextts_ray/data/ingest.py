@@ -5,10 +5,11 @@
     IngestSpec  ---------->   corpus index (lengths, speaker, emotion,   [entries] generator task         get_dataset_shard
     (paths, row counts,       frames per row: ints, no features)           asks the planner for this       ("train")
      seed, policies)          epoch plan = token-budget batches          rank's cursor, in chunks        .iter_batches()
-                              + a prompt drawn per target and epoch  --> [fetch] tasks: target rows +    -> rows grouped by
-                              + a random crop per prompt                   prompt rows from the store,     `entry` -> collate
-                              cursor per (split, rank): plan indices       prompt cropped, fp16 bytes
-                              (training: lazily, epoch after epoch)
+                              + a prompt drawn per target and epoch  --> [fetch] tasks: target rows +    -> one packed
+                              + a random crop per prompt                   prompt rows from the store,     micro-batch per
+                              cursor per (split, rank): plan indices       prompt cropped, fp16 bytes      block -> collate
+                              (training: lazily, epoch after epoch)      [features] actors, streaming mode only:
+                                                                           the crops computed from the audio
 
 The plan is a pure function of (corpus, seed, epoch, settings), computed once per epoch in the planner, so no
 worker holds a corpus-sized table; a worker tells the planner which plan entries it consumes next (its
@@ -17,6 +18,9 @@ the end of the run, so one stream crosses epoch boundaries without stopping (a n
 a rollback that replays data). `IngestDataConfig` gives
 every rank its own ordered dataset (Ray's streaming split assigns blocks to whichever rank asks first, which
 would break exact resume and elastic re-splitting); ranks take plan entries k*world_size + r as before.
+
+In `data.features.mode: streaming` (`data/stream_features.py`) the fetch tasks build the same rows from the
+same plan with empty feature blobs and a request per clip; an actor pool running the extractor fills them.
 
 Global row numbers: train files of every dataset (in order), then val files; prompts of train targets are
 drawn among train rows, those of val targets among train and val rows of the speaker.
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from ray.train import DataConfig
 
@@ -40,8 +45,14 @@ from indextts_ray.data.config import PromptConfig
 from indextts_ray.data.features.base import FRAME_RATE
 from indextts_ray.data.pairing import column_codes
 from indextts_ray.data.prompts import REASONS, crop_starts, draw_prompts, row_hash
-from indextts_ray.data.schema import BATCH_SCHEMA
+from indextts_ray.data.schema import AUDIO_COLUMNS, BATCH_SCHEMA, pack_batches, unpack_batches
 from indextts_ray.data.store import RowStore, list_shards, read_table, row_counts
+from indextts_ray.data.stream_features import (
+    StreamFeatures,
+    StreamSettings,
+    stream_settings,
+    with_requests,
+)
 from indextts_ray.errors import DataError
 
 NAMESPACE = "indextts_ray"
@@ -71,6 +82,7 @@ class IngestSpec:
     fetch_cpus: float = 0.25
     name: str = field(default="")  # planner actor name
     emotion_reference: str = "prompt"  # EMOTION_REFERENCES: which clip fills emo_feats
+    stream: StreamSettings | None = None  # streaming features (the data's features.mode); None = stored
 
     @property
     def n_train_rows(self) -> int:
@@ -79,8 +91,10 @@ class IngestSpec:
 
 def make_spec(data_dirs: list[str], *, seed: int, bucketing: BucketingSettings, prompt: PromptConfig,
               keep_speakers: list[str] | None = None, mixture: dict | None = None, fetch_cpus: float = 0.25,
-              run_key: str = "", emotion_reference: str = "prompt") -> IngestSpec:
-    """Resolve the shard files (footers only) of `data_dirs` into a spec."""
+              run_key: str = "", emotion_reference: str = "prompt", feature_actors: int = 1,
+              feature_actor_cpus: float = 0.5, feature_actor_gpus: float = 0.0) -> IngestSpec:
+    """Resolve the shard files (footers only) of `data_dirs` into a spec; `feature_actor*` size the extractor
+    actor pool when the data are prepared with `data.features.mode: streaming`."""
     if emotion_reference not in EMOTION_REFERENCES:
         raise ValueError(f"emotion_reference must be one of {', '.join(EMOTION_REFERENCES)}; got {emotion_reference!r}")
     train = [list_shards(storage.join(d, "train")) for d in data_dirs]
@@ -92,7 +106,9 @@ def make_spec(data_dirs: list[str], *, seed: int, bucketing: BucketingSettings, 
                       tuple(len(fs) for fs in train), seed, bucketing, prompt,
                       max(1, int(round(prompt.max_seconds * FRAME_RATE))),
                       tuple(sorted(keep_speakers)) if keep_speakers is not None else None, mixture, fetch_cpus, name,
-                      emotion_reference)
+                      emotion_reference,
+                      stream_settings([str(d) for d in data_dirs], feature_actors, feature_actor_cpus,
+                                      feature_actor_gpus))
 
 
 # ----------------------------------------------------------------------------- the plan (pure functions)
@@ -333,21 +349,55 @@ def _store(spec: IngestSpec) -> RowStore:
 
 
 def fetch_entries(entries: pa.Table, store: RowStore, max_prompt_frames: int, emotion_reference: str = "prompt",
-                  seed: int = 0) -> pa.Table:
+                  seed: int = 0, clip_seconds: float | None = None) -> pa.Table:
     """Plan entries -> batch rows (`BATCH_SCHEMA`): each target with its prompt's cropped features (and, with a
-    target `emotion_reference`, the target's own features as its emotion reference)."""
+    target `emotion_reference`, the target's own features as its emotion reference).
+
+    `clip_seconds` set = streaming mode: the stored blobs are empty, so the same code gives the same rows with
+    empty crops; each row also gets the requests (`stream_features.with_requests`) that `StreamFeatures` fills."""
     out = []
     own = emotion_reference != "prompt"
+    stream = clip_seconds is not None
     for e in entries.to_pylist():
         rows = np.asarray(e["rows"], dtype=np.int64)
-        targets = store.take(rows, TARGET_COLUMNS + (["feats", "n_frames"] if own else []))
-        prompts = store.take(np.asarray(e["prompts"], dtype=np.int64), PROMPT_COLUMNS)
+        targets = store.take(rows, TARGET_COLUMNS + (["feats", "n_frames"] if own else ["n_frames"] if stream else [])
+                             + (AUDIO_COLUMNS if stream else []))
+        prompts = store.take(np.asarray(e["prompts"], dtype=np.int64),
+                             PROMPT_COLUMNS + (["audio_path"] if stream else []))
         table = join_prompts(targets, prompts, e["crops"], max_prompt_frames, e["entry"], e["dataset"])
+        keys = row_hash(seed, e["epoch"], rows, 2)
         if own:
-            table = emotion_reference_from_target(table, targets, emotion_reference, max_prompt_frames,
-                                                  row_hash(seed, e["epoch"], rows, 2))
+            table = emotion_reference_from_target(table, targets, emotion_reference, max_prompt_frames, keys)
+        if stream:
+            table = stream_requests(table, targets, prompts, e["crops"], emotion_reference, max_prompt_frames, keys,
+                                    clip_seconds)
         out.append(table)
     return pa.concat_tables(out) if out else BATCH_SCHEMA.empty_table()
+
+
+def stream_requests(batch: pa.Table, targets: pa.Table, prompts: pa.Table, crops: list[int], emotion_reference: str,
+                    max_frames: int, keys: np.ndarray, clip_seconds: float) -> pa.Table:
+    """The feature requests of streaming mode: the same clips and windows `join_prompts` and
+    `emotion_reference_from_target` crop (a row's own prompt/emotion file: its first `clip_seconds`, whole)."""
+    n = batch.num_rows
+    zeros = np.zeros(n, np.int64)
+    own_prompt = np.asarray([p is not None for p in targets.column("prompt_audio_path").to_pylist()], bool)
+    path = np.where(own_prompt, targets.column("prompt_audio_path").to_numpy(zero_copy_only=False),
+                    prompts.column("audio_path").to_numpy(zero_copy_only=False)).tolist()
+    batch = with_requests(batch, "prompt", path, np.where(own_prompt, clip_seconds, 0.0),
+                          np.where(own_prompt, 0, np.asarray(crops, np.int64)),
+                          np.where(own_prompt, targets.column("prompt_frames").to_numpy(),
+                                   prompts.column("n_frames").to_numpy()))
+    file = targets.column("emotion_audio_path").to_numpy(zero_copy_only=False)
+    has_file = np.asarray([f is not None for f in file], bool)
+    if emotion_reference == "prompt":  # only rows with their own file have an emotion reference
+        path, start = [f if h else None for f, h in zip(file, has_file)], zeros
+    else:
+        start, _ = emotion_window(targets.column("n_frames").to_numpy(), emotion_reference, max_frames, keys)
+        path = np.where(has_file, file, targets.column("audio_path").to_numpy(zero_copy_only=False)).tolist()
+        start = np.where(has_file, 0, start)
+    total = np.where(has_file, targets.column("emo_frames").to_numpy(), targets.column("n_frames").to_numpy())
+    return with_requests(batch, "emo", path, np.where(has_file, clip_seconds, 0.0), start, total)
 
 
 def emotion_reference_from_target(batch: pa.Table, targets: pa.Table, mode: str, max_frames: int,
@@ -356,10 +406,7 @@ def emotion_reference_from_target(batch: pa.Table, targets: pa.Table, mode: str,
     their own `emotion_audio_path` features. `target`: the first `max_frames` frames; `target_crop`: a window
     of half the target (at most `max_frames`) at `keys % (spare + 1)`, so the emotion path hears the target's
     delivery but never the whole utterance it is asked to predict."""
-    n = targets.column("n_frames").to_numpy().astype(np.int64)
-    size = np.minimum(n, max_frames) if mode == "target" else np.minimum(np.maximum(n // 2, 1), max_frames)
-    start = (np.asarray(keys, np.uint64) % (n - size + 1).astype(np.uint64)).astype(np.int64) \
-        if mode == "target_crop" else np.zeros(len(n), np.int64)
+    start, size = emotion_window(targets.column("n_frames").to_numpy(), mode, max_frames, keys)
     dims = batch.column("feat_dim").to_numpy()  # a target's features have its prompt's dim (one extractor)
     has_file = np.asarray([b is not None for b in batch.column("emo_feats").to_pylist()], dtype=bool)
     feats = [f if keep else blob[2 * int(d) * int(a): 2 * int(d) * int(a + k)]  # float16: 2 bytes per value
@@ -371,6 +418,15 @@ def emotion_reference_from_target(batch: pa.Table, targets: pa.Table, mode: str,
                       ("emo_emotion_id", pa.array(label))):
         batch = batch.set_column(batch.schema.get_field_index(name), name, col)
     return batch
+
+
+def emotion_window(n_frames: np.ndarray, mode: str, max_frames: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, size) of each target's emotion-reference window (see `emotion_reference_from_target`)."""
+    n = np.asarray(n_frames, np.int64)
+    size = np.minimum(n, max_frames) if mode == "target" else np.minimum(np.maximum(n // 2, 1), max_frames)
+    start = (np.asarray(keys, np.uint64) % (n - size + 1).astype(np.uint64)).astype(np.int64) \
+        if mode == "target_crop" else np.zeros(len(n), np.int64)
+    return start, size
 
 
 def join_prompts(targets: pa.Table, prompts: pa.Table, crops: list[int], max_frames: int, entry: int,
@@ -412,17 +468,32 @@ def join_prompts(targets: pa.Table, prompts: pa.Table, crops: list[int], max_fra
 
 
 def _fetch_stage(entries: pa.Table, spec: IngestSpec) -> pa.Table:
-    return fetch_entries(entries, _store(spec), spec.max_prompt_frames, spec.emotion_reference, spec.seed)
+    """Plan entries -> packed micro-batches (one row per entry, `schema.PACKED_SCHEMA`)."""
+    clip = spec.stream.clip_seconds if spec.stream else None
+    return pack_batches([fetch_entries(entries.slice(i, 1), _store(spec), spec.max_prompt_frames,
+                                       spec.emotion_reference, spec.seed, clip) for i in range(entries.num_rows)])
 
 
 def rank_dataset(spec: IngestSpec, split: str, rank: int):
-    """The ordered Ray Data stream of one rank: cursor entries -> fetched batch rows."""
+    """The ordered Ray Data stream of one rank: cursor entries -> fetched micro-batches (packed: one row each)."""
     seed_ds = ray.data.from_items([{"split": split, "rank": rank}], override_num_blocks=1)
     entries = seed_ds.map_batches(_entry_stream, fn_kwargs={"spec": spec}, batch_size=1, batch_format="pyarrow",
                                   num_cpus=0.01)
     ds = entries.map_batches(_fetch_stage, fn_kwargs={"spec": spec}, batch_size=1, batch_format="pyarrow",
                              zero_copy_batch=True, num_cpus=spec.fetch_cpus)
+    if spec.stream is not None:  # the extractor as an actor stage: loaded once per actor, rows stay in order
+        s = spec.stream
+        ds = ds.map_batches(StreamFeatures, fn_constructor_kwargs={"settings": s}, batch_size=1,
+                            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=s.actors),
+                            num_cpus=s.cpus, num_gpus=s.gpus or None)
     ds.context.execution_options.preserve_order = True  # fetch tasks run in parallel; entries stay in cursor order
+    # Ray Data merges a task's outputs into blocks of up to target_max_block_size (128 MiB): the entry generator's
+    # small chunks became one block holding the whole cursor, emitted when the generator ended, so one fetch task
+    # (and in streaming mode one extractor call) took every entry before the first batch left. One row per block
+    # keeps the stream a stream (entries spread over fetch tasks / actors, batches leave as they are ready), and
+    # a row is a whole packed micro-batch, so the per-block cost is paid once per micro-batch (1-row blocks of
+    # batch rows halved the throughput).
+    ds.context.target_max_block_size = 1
     return ds
 
 
@@ -446,22 +517,9 @@ class IngestDataConfig(DataConfig):
 
 
 def micro_batches(iterator, prefetch: int = 2) -> Iterator[pa.Table]:
-    """Group the stream's rows back into plan entries (one table per entry, in cursor order)."""
-    pending: list[pa.Table] = []
-    current = None
+    """The stream's micro-batches (one table per plan entry, in cursor order)."""
     for block in iterator.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch):
-        if block.num_rows == 0:
-            continue
-        entry = block.column("entry").to_numpy()
-        cuts = np.flatnonzero(np.diff(entry)) + 1
-        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(entry)]):
-            if current is not None and entry[a] != current:
-                yield pa.concat_tables(pending)
-                pending = []
-            current = int(entry[a])
-            pending.append(block.slice(int(a), int(b - a)))
-    if pending:
-        yield pa.concat_tables(pending)
+        yield from unpack_batches(block)
 
 
 def prompted_rows(spec: IngestSpec, split: str, epoch: int, max_items: int | None = None, seed: int = 0) -> pa.Table:
@@ -474,8 +532,9 @@ def prompted_rows(spec: IngestSpec, split: str, epoch: int, max_items: int | Non
     store = RowStore(list(spec.files), np.asarray(spec.counts))
     entry = {"entry": 0, "dataset": 0, "rows": plan.targets[pick].tolist(), "prompts": plan.prompt[pick].tolist(),
              "crops": plan.crop[pick].tolist(), "epoch": epoch}
-    return fetch_entries(pa.Table.from_pylist([entry], schema=_ENTRY_SCHEMA), store, spec.max_prompt_frames,
-                         spec.emotion_reference, spec.seed)
+    rows = fetch_entries(pa.Table.from_pylist([entry], schema=_ENTRY_SCHEMA), store, spec.max_prompt_frames,
+                         spec.emotion_reference, spec.seed, spec.stream.clip_seconds if spec.stream else None)
+    return StreamFeatures(spec.stream).fill(rows) if spec.stream else rows
 
 
 def heldout_rows(spec: IngestSpec, max_items: int, seed: int = 0) -> pa.Table:
@@ -489,6 +548,9 @@ def utterance_clips(table: pa.Table, max_frames: int) -> pa.Table:
     `emotion_id`): their own features, the first `max_frames` frames (a prompt is at most that long)."""
     frames = np.minimum(table.column("n_frames").to_numpy(), max_frames).astype(np.int32)
     dims = table.column("feat_dim").to_numpy()
+    if len(frames) and pc.min(pc.binary_length(table.column("feats"))).as_py() == 0:
+        raise DataError("these prepared data store no features (data.features.mode streaming): probe clips of "
+                        "whole splits need stored features; prepare with data.features.mode=stored for this eval")
     feats = [b[: 2 * int(d) * int(f)] for b, d, f in zip(table.column("feats").to_pylist(), dims, frames)]
     return pa.table({"prompt_id": table.column("id"), "speaker": table.column("speaker"),
                      "prompt_feats": pa.array(feats, pa.binary()), "prompt_frames": pa.array(frames),

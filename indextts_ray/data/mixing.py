@@ -172,7 +172,8 @@ class DatasetMeter:
         return out
 
 
-COMPATIBLE_KEYS = (("schema_version",), ("features", "kind"), ("features", "dim"), ("features", "codebook_size"),
+COMPATIBLE_KEYS = (("schema_version",), ("features", "kind"), ("features", "mode"), ("features", "dim"),
+                   ("features", "codebook_size"),
                    ("tokenizer", "sha256"), ("emotion_labels",))
 
 
@@ -190,6 +191,7 @@ def check_compatible(dataset_dirs: list[Path]) -> None:
             raise DataError(f"{meta} not found: run `indextts-ray prepare` for this dataset first")
         info = storage.read_json(meta)
         key = {"/".join(k): _dig(info, k) for k in COMPATIBLE_KEYS}
+        key["features/mode"] = key["features/mode"] or "stored"  # folders prepared before the mode existed
         fitted = storage.glob(storage.join(d, "features"), "*", recursive=True)
         key["features/fitted"] = {f[len(str(d).rstrip("/")) + 1:].replace(os.sep, "/"):
                                   hashlib.sha256(storage.read_bytes(f)).hexdigest() for f in fitted}

@@ -121,11 +121,13 @@ def prepare_dataset(cfg: Config, restart: bool | Literal["if_changed"] = False) 
     rejected.sort(key=lambda r: (r["source"], r["line"]))
     stats = build_stats(scan, receipts, rejected)
     stats["tokenizer"] = {"path": _tokenizer_location(cfg, out, tok), "vocab_size": tok.vocab_size}
+    stats["features"] = {"kind": data.features.kind, "mode": data.features.mode}
     stats["filter_shares"] = filter_shares(scan, rejected)
     _write_rejected(out, rejected)
     storage.write_json(storage.join(out, "stats.json"), stats)
     storage.write_json(storage.join(out, "dataset.json"), _dataset_json(cfg, out, tok, receipts, stats, fp))
-    print(f"prepare: {stats['invariant']} ✓  ({stats['hours']['total']:.2f} h written to {out})")
+    print(f"prepare: {stats['invariant']} ✓  ({stats['hours']['total']:.2f} h written to {out}; features "
+          f"{data.features.mode})")
     for reason, n in stats["rejected_by_reason"].items():
         print(f"  rejected {reason}: {n}")
     norm, left = stats["text_normalised"], list(stats["leftover_chars"])[:10]
@@ -370,8 +372,12 @@ def _dataset_json(cfg: Config, out: Path | str, tok: Tokenizer, receipts: list[d
     return {
         "schema_version": SCHEMA_VERSION,
         "fingerprint": fp,
-        "features": {"kind": cfg.data.features.kind, "dim": ext["dim"] if ext else None,
-                     "codebook_size": ext["codebook_size"] if ext else None, "frame_rate": FRAME_RATE},
+        # mode + extractor + clip_seconds: what streaming mode rebuilds the features from (`stream_features.py`)
+        "features": {"kind": cfg.data.features.kind, "mode": cfg.data.features.mode,
+                     "dim": ext["dim"] if ext else None,
+                     "codebook_size": ext["codebook_size"] if ext else None, "frame_rate": FRAME_RATE,
+                     "extractor": cfg.data.features.model_dump(mode="json"),
+                     "clip_seconds": cfg.data.prompt.max_seconds, "sample_rate": cfg.data.feature_sample_rate},
         "tokenizer": {"path": tok_path, "sha256": tok.sha256, "vocab_size": tok.vocab_size, "unk_id": tok.unk_id},
         "emotion_labels": list(cfg.model.emotion_labels),
         "counts": {"rows_in": stats["rows_in"], **{k: v for k, v in stats["rows_written"].items()},

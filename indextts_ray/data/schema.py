@@ -6,10 +6,16 @@ A stored row is one accepted utterance, its features kept once (whatever it is u
     text, text_norm, text_ids, n_text               text as given, normalised, BPE ids (no start/stop)
     codes, n_codes, duration                        semantic codes at 50 Hz (no start/stop), seconds
     feats, n_frames, feat_dim                       the utterance's own conditioning features, float16
-                                                    row-major (n_frames, feat_dim) bytes
+                                                    row-major (n_frames, feat_dim) bytes; empty in
+                                                    `data.features.mode: streaming` (computed from the audio
+                                                    in the training stream, `data/stream_features.py`)
     prompt_feats, prompt_frames                     features of the row's own `prompt_audio_path`; null / 0 =
                                                     a prompt is drawn from the speaker's other utterances
-    emo_feats, emo_frames                           features of `emotion_audio_path`; null / 0 = none
+                                                    (empty blob + frames: streaming, computed from the file)
+    emo_feats, emo_frames                           features of `emotion_audio_path`; null / 0 = none (empty
+                                                    blob: streaming)
+    audio_path, prompt_audio_path,                  the absolute files `prepare` decoded (whole file; the two
+    emotion_audio_path                              clips cut to `data.prompt.max_seconds`); null = none
 
 Prompts are not stored: the ingest draws one per target and epoch (`data/prompts.py`) and joins its
 features in the stream. A batch row (what the fetch stage emits and `collate` reads) is one (prompt,
@@ -52,9 +58,15 @@ UTTERANCE_SCHEMA = pa.schema(
         pa.field("prompt_feats", pa.binary(), nullable=True),
         pa.field("prompt_frames", pa.int32(), nullable=False),
         *_EMO_FIELDS,
+        # what streaming mode recomputes features from (added within schema 2: folders prepared before have no
+        # such columns and are stored-mode; `RowStore.take` reads only the columns it is asked for)
+        pa.field("audio_path", pa.string(), nullable=True),
+        pa.field("prompt_audio_path", pa.string(), nullable=True),
+        pa.field("emotion_audio_path", pa.string(), nullable=True),
     ],
     metadata=_META,
 )
+AUDIO_COLUMNS = ["audio_path", "prompt_audio_path", "emotion_audio_path"]
 
 BATCH_SCHEMA = pa.schema(
     [
@@ -73,6 +85,11 @@ BATCH_SCHEMA = pa.schema(
     ],
     metadata=_META,
 )
+
+# the training stream's unit between its stages: one row per micro-batch (plan entry), its batch rows as Arrow IPC
+# bytes, so Ray Data moves whole micro-batches as single-row blocks (`ingest.rank_dataset`)
+PACKED_SCHEMA = pa.schema([pa.field("entry", pa.int64(), nullable=False),
+                           pa.field("batch", pa.large_binary(), nullable=False)])
 
 REJECTED_SCHEMA = pa.schema(
     [
@@ -110,3 +127,21 @@ def schema_version_of(path) -> int:
     if raw is None:
         raise ValueError(f"{path}: no indextts_ray.schema_version in the shard's metadata")
     return int(raw)
+
+
+def pack_batches(tables: list[pa.Table]) -> pa.Table:
+    """Micro-batches (each one plan entry's rows) -> `PACKED_SCHEMA` rows, one per micro-batch."""
+    blobs = []
+    for t in tables:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, t.schema) as w:
+            w.write_table(t)
+        blobs.append(sink.getvalue().to_pybytes())
+    entries = [int(t.column("entry")[0].as_py()) for t in tables]
+    return pa.table({"entry": pa.array(entries, pa.int64()), "batch": pa.array(blobs, pa.large_binary())},
+                    schema=PACKED_SCHEMA)
+
+
+def unpack_batches(packed: pa.Table) -> list[pa.Table]:
+    """`PACKED_SCHEMA` rows -> their micro-batches (zero-copy reads of the IPC bytes)."""
+    return [pa.ipc.open_stream(blob.as_buffer()).read_all() for blob in packed.column("batch")]

@@ -6,8 +6,9 @@ A shard is the unit of work and of resume:
                --prompt_audio_path / emotion_audio_path (optional)--> their features, in the same row
                --> <split>/shard-NNNNN.arrow (temp file + rename)  --> receipts/<split>-NNNNN.json (same)
 
-Features are stored once per utterance; which utterance prompts which target is drawn at training time
-(`data/prompts.py`). The receipt is written after the shard is in place, so a receipt always describes a
+Features are stored once per utterance (`data.features.mode: stored`), or not at all (`streaming`: empty
+blobs, the features are still computed here for `n_frames` and the codes); which utterance prompts which
+target is drawn at training time (`data/prompts.py`). The receipt is written after the shard is in place, so a receipt always describes a
 complete shard; a run killed in between leaves a shard without receipt, which the next run rewrites. Rows
 rejected here (audio problems) are listed in the receipt, so a resumed run still accounts for every row.
 """
@@ -30,7 +31,7 @@ from indextts_ray.data.features.base import Extractor, build_extractor
 from indextts_ray.data.manifest import Rejection
 from indextts_ray.data.metadata import reject_row
 from indextts_ray.data.plan import table_from_ipc
-from indextts_ray.data.schema import SCHEMA_VERSION, UTTERANCE_SCHEMA, encode_feats
+from indextts_ray.data.schema import AUDIO_COLUMNS, SCHEMA_VERSION, UTTERANCE_SCHEMA, encode_feats
 from indextts_ray.data.store import SHARD_SUFFIX, write_shard_file
 from indextts_ray.errors import DataError
 from indextts_ray.io_utils import sha256_file
@@ -88,8 +89,8 @@ def write_shard(rows: pa.Table, split: str, index: int, key: str, ex: Extractor,
     receipt: dict = {"key": key, "split": split, "index": index, "schema_version": SCHEMA_VERSION,
                      "rows_planned": rows.num_rows, "rows": table.num_rows, "file": None, "bytes": 0,
                      "sha256": None, "rejected": rejected, "stats": stats,
-                     "extractor": {"kind": ctx.data.features.kind, "dim": ex.dim, "codebook_size": ex.codebook_size,
-                                   "frame_rate": ex.frame_rate}}
+                     "extractor": {"kind": ctx.data.features.kind, "mode": ctx.data.features.mode, "dim": ex.dim,
+                                   "codebook_size": ex.codebook_size, "frame_rate": ex.frame_rate}}
     if table.num_rows:
         def write(tmp: str) -> None:  # size and hash of the finished temp file: no read-back from a store
             write_shard_file(table, tmp)
@@ -109,6 +110,9 @@ def build_rows(rows: pa.Table, ex: Extractor, ctx: ShardContext) -> tuple[pa.Tab
     dur_hist = np.zeros(len(DURATION_BINS), dtype=np.int64)
     code_hist = np.zeros(ex.codebook_size, dtype=np.int64)
     seconds = 0.0
+    # streaming: empty blobs, not null, so the ingest's crops run unchanged and give the frame windows the
+    # stream then computes from the audio (null keeps meaning "no such file")
+    blob = (lambda f: b"") if ctx.data.features.mode == "streaming" else encode_feats
     for r in rows.to_pylist():
         got = _process_row(r, ex, ctx, counts)
         if isinstance(got, Rejection):
@@ -120,14 +124,16 @@ def build_rows(rows: pa.Table, ex: Extractor, ctx: ShardContext) -> tuple[pa.Tab
         out["codes"].append(codes)
         out["n_codes"].append(len(codes))
         out["duration"].append(tgt.duration)
-        out["feats"].append(encode_feats(feats))
+        out["feats"].append(blob(feats))
         out["n_frames"].append(feats.shape[0])
         out["feat_dim"].append(feats.shape[1])
-        out["prompt_feats"].append(None if prompt is None else encode_feats(prompt))
+        out["prompt_feats"].append(None if prompt is None else blob(prompt))
         out["prompt_frames"].append(0 if prompt is None else prompt.shape[0])
         counts["explicit_prompts"] += prompt is not None
-        out["emo_feats"].append(None if emo is None else encode_feats(emo))
+        out["emo_feats"].append(None if emo is None else blob(emo))
         out["emo_frames"].append(0 if emo is None else emo.shape[0])
+        for name in AUDIO_COLUMNS:  # absolute (resolved by the metadata scan): the stream reads them again
+            out[name].append(r[name])
         counts["resampled"] += tgt.resampled
         counts["downmixed"] += tgt.downmixed
         counts["text_normalised"] += r["text"] != r["text_norm"]

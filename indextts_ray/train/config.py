@@ -47,6 +47,12 @@ class ScalingSettings(StrictModel):
     resources_per_worker: dict[str, float] = Field(default_factory=dict, description="extra custom resources")
     ingest_cpus: float = Field(0.25, gt=0, description="CPU of each Ray Data fetch task of the training/validation "
                                "stream: a fraction, so reads never wait for a whole CPU the workers already hold")
+    feature_actors: int = Field(1, ge=1, description="streaming features (data.features.mode=streaming): "
+                                "extractor actors per rank and split; each loads the extractor once")
+    feature_actor_cpus: float = Field(0.5, gt=0, description="CPU of each extractor actor (a fraction on a busy node)")
+    feature_actor_gpus: float = Field(0.0, ge=0, description="GPU of each extractor actor; 0 = the extractor runs on "
+                                      "CPU. A fraction shares a card (e.g. 0.25 with trainer workers at 0.75 GPU "
+                                      "via resources_per_worker); needs use_gpu")
     max_failures: int | None = Field(None, ge=-1, description="-1 = retry forever; None = 3, or forever if elastic")
     elastic_monitor_interval_s: float = Field(60.0, gt=0)
 
@@ -57,6 +63,13 @@ class ScalingSettings(StrictModel):
         if not 1 <= lo <= hi:
             raise ValueError(f"num_workers must be >= 1 and [min, max] with min <= max, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _feature_gpus(self) -> ScalingSettings:
+        if self.feature_actor_gpus > 0 and not self.use_gpu:
+            raise ValueError(f"feature_actor_gpus {self.feature_actor_gpus} needs use_gpu: true (a CPU-only run "
+                             "would wait forever for a GPU); set feature_actor_gpus: 0 to extract on CPU")
+        return self
 
     @property
     def elastic(self) -> bool:

@@ -106,7 +106,8 @@ def ingest_spec(cfg: Config) -> IngestSpec:
                      prompt=cfg.data.prompt, keep_speakers=keep,
                      mixture=tc.mixture.model_dump(mode="json") if tc.mixture is not None else None,
                      fetch_cpus=tc.scaling.ingest_cpus, run_key=storage.join(cfg.run.output_dir, cfg.run.name),
-                     emotion_reference=tc.emotion_reference)
+                     emotion_reference=tc.emotion_reference, feature_actors=tc.scaling.feature_actors,
+                     feature_actor_cpus=tc.scaling.feature_actor_cpus, feature_actor_gpus=tc.scaling.feature_actor_gpus)
 
 
 def build_trainer(cfg: Config, spec: IngestSpec | None = None) -> TorchTrainer:
@@ -134,6 +135,9 @@ def build_trainer(cfg: Config, spec: IngestSpec | None = None) -> TorchTrainer:
         }},
     )
     spec = spec or ingest_spec(cfg)
+    if spec.stream is not None:
+        log.info("features: streaming (computed from the audio in the stream): %d extractor actor(s) per rank and "
+                 "split, %g CPU and %g GPU each", spec.stream.actors, spec.stream.cpus, spec.stream.gpus)
     planner_actor(spec)  # lives as long as this driver: plans survive worker-group restarts and resizes
     return TorchTrainer(
         train_loop_per_worker,

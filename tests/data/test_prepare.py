@@ -137,7 +137,10 @@ def test_shard_rows_follow_the_schema_and_the_rules(prepared, corpus):
     val_ids = {r["id"] for f in prepared.glob("val/shard-*.arrow") for r in read_table(f, ["id"]).to_pylist()}
     assert val_ids == {i for i, v in zip(ids, is_val) if v} and 0 < len(val_ids) < len(ids)
     dataset = json.loads((prepared / "dataset.json").read_text())
-    assert dataset["features"] == {"kind": "builtin", "dim": 32, "codebook_size": 64, "frame_rate": 50}
+    extractor = dataset["features"].pop("extractor")  # what streaming mode rebuilds the extractor from
+    assert (extractor["kind"], extractor["n_mels"], extractor["mode"]) == ("builtin", 32, "stored")
+    assert dataset["features"] == {"kind": "builtin", "mode": "stored", "dim": 32, "codebook_size": 64,
+                                   "frame_rate": 50, "clip_seconds": 6.0, "sample_rate": 16_000}
     assert dataset["tokenizer"]["path"] == "bpe.model" and dataset["tokenizer"]["vocab_size"] == vocab
     listed = [s["file"] for split in ("train", "val") for s in dataset["shards"][split]]
     assert sorted(listed) == sorted(str(f.relative_to(prepared)) for f in prepared.glob("*/shard-*.arrow"))
