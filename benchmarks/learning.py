@@ -135,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
 
     kv: dict[str, object] = {"corpus_seed": args.seed, "speakers": args.speakers, "utts_per_speaker": args.utts,
                              "minutes": round(minutes, 1), "steps_run": len(ran)}
+    # each step's own time from its receipt (a rerun that skipped steps still shows the whole recipe's cost)
+    seconds = {}
+    for f in sorted((lay.work / "receipts").glob("*.json")):
+        receipt = json.loads(f.read_text())
+        if "seconds" in receipt and "step" in receipt:
+            seconds[receipt["step"]] = float(receipt["seconds"])
+    kv["recipe_minutes"] = round(sum(seconds.values()) / 60, 1)
+    kv.update({f"seconds_{k}": round(v) for k, v in seconds.items()})
     kv["baseline_emotion"] = base["emotion"].accuracy
     kv["baseline_speaker"] = base["speaker"].accuracy
     ec = report.get("emotion_control") or {}
