@@ -46,6 +46,10 @@ class FeaturesConfig(StrictModel):
     codebook_size: int = Field(1024, ge=2)
     kmeans_sample_frames: int = Field(50_000, gt=0)
     kmeans_seed: int = 0
+    prosody: bool = Field(False, description="builtin: the last 3 of the n_mels channels are log-F0, voicing and "
+                          "log-energy (the delivery that carries emotion) instead of mel bands")
+    prosody_weight: float = Field(1.0, gt=0, description="builtin: weight of the prosody channels in the k-means "
+                                  "distance (codes spend more of the codebook on pitch and loudness)")
 
     w2vbert_dir: str | None = None
     w2v_stat_path: str | None = None

@@ -71,7 +71,9 @@ def plot_speaker_band(curves: dict[str, dict[int, dict]], band: dict[str, tuple[
         low, high = band.get(name, (0.30, 0.60))
         top, bottom = axes[0][col], axes[1][col]
         top.axhspan(low, high, color="tab:green", alpha=0.15, label=f"band {low:.0%}–{high:.0%}")
-        top.plot(*_series(m, "speaker_acc"), label="speaker_acc")
+        top.plot(*_series(m, "speaker_acc"), label="speaker_acc (one step)", alpha=0.35, lw=0.8)
+        if any("band_acc" in v for v in m.values()):
+            top.plot(*_series(m, "band_acc"), label="controller reading (EMA)", color="tab:red")
         top.set_ylim(0, 1)
         top.set_title(f"{name}: speaker classifier on GRL(emotion vector)")
         top.legend(fontsize=8)

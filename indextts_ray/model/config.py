@@ -100,3 +100,5 @@ class LossWeights(StrictModel):
     speaker: float = Field(0.1, ge=0.0)
     emotion: float = Field(0.0, ge=0.0)
     emotion_table: float = Field(0.0, ge=0.0)
+    stop: float = Field(0.0, ge=0.0, description="extra weight on the cross-entropy of each sequence's stop-token "
+                        "target (mean over sequences; the official recipe has none: 0)")

@@ -10,9 +10,11 @@ Batch keys (B = batch, padding values are arbitrary, lengths say what is real):
 Without `emo_feats` the speaker prompt is also the emotion reference (the official default). The emotion
 vector is computed in the forward pass from the features, with gradients (never a cached vector).
 
-Returned keys: loss (the weighted sum to backward), text_loss, mel_loss, mel_top1, mel_top5, speaker_loss,
-speaker_acc, emotion_loss, emotion_acc, emotion_table_loss (float32), n_text_tokens, n_mel_tokens (int64
-counts of non-pad targets: real tokens + the first stop). A loss whose inputs are absent is 0 with no graph;
+Returned keys: loss (the weighted sum to backward), text_loss, mel_loss, mel_top1, mel_top5, stop_loss,
+speaker_loss, speaker_acc, emotion_loss, emotion_acc, emotion_table_loss (float32), n_text_tokens, n_mel_tokens
+(int64 counts of non-pad targets: real tokens + the first stop). `stop_loss` is the mean cross-entropy of each
+sequence's stop-token target (already inside mel_loss as one of ~50 per second of targets); `weights.stop`
+adds it once more per sequence, so that a small model learns to end its utterances (0 = the official loss). A loss whose inputs are absent is 0 with no graph;
 a loss with weight 0 is still reported but computed without graph.
 
 The emotion table is trained with MSE against the detached emo_vec: emo_vec is *added* to every speaker
@@ -39,6 +41,7 @@ METRIC_KEYS = (
     "mel_loss",
     "mel_top1",
     "mel_top5",
+    "stop_loss",
     "speaker_loss",
     "speaker_acc",
     "emotion_loss",
@@ -114,6 +117,11 @@ class TrainingModel(nn.Module):
             out["mel_loss"], acc = masked_lm_loss(gpt.mel_hidden, m.mel_head, gpt.mel_targets, mel_mask, topk=(1, 5))
         out["mel_top1"], out["mel_top5"] = acc[1], acc[5]
         total = _add(_add(total, weights.text, out["text_loss"]), weights.mel, out["mel_loss"])
+        with _grad_if(weights.stop):
+            at_stop = gpt.mel_hidden[torch.arange(codes.size(0), device=device), code_lengths.to(device)]  # (B, D)
+            stop = torch.full((codes.size(0),), m.cfg.stop_mel_token, dtype=torch.long, device=device)
+            out["stop_loss"] = nn.functional.cross_entropy(m.mel_head(at_stop).float(), stop)
+        total = _add(total, weights.stop, out["stop_loss"])
 
         h = self.heads
         speaker_ids = batch.get("speaker_ids")

@@ -73,6 +73,8 @@ class EvalStep(StrictModel):
         default_factory=list, description="probe every utterance of these splits instead of the held-out rows' "
         "prompts (more clips: goal checks need a test set that tells the goal from chance)")
     max_probe_clips: int = Field(4000, ge=10, description="at most this many probe clips (seeded sample)")
+    n_prompts: int = Field(8, ge=1, description="held-out rows generated for the sampling sanity check (stop "
+                           "rate, length ratio)")
     emotion_control: EmotionControlStep = EmotionControlStep()
 
 

@@ -274,6 +274,7 @@ def run_eval(cfg: Config) -> dict:
                                       EvalOptions(max_items=cfg.pipeline.eval.max_items,
                                                   probe_splits=tuple(cfg.pipeline.eval.probe_splits),
                                                   max_probe_clips=cfg.pipeline.eval.max_probe_clips,
+                                                  n_prompts=cfg.pipeline.eval.n_prompts,
                                                   emotion_control=control if ec.enabled else None))
     return {"report": str(lay.report / "report.md"), **summary["flat"]}
 

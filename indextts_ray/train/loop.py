@@ -70,7 +70,7 @@ from indextts_ray.train.validation import validation_metrics, validation_sums
 log = logging.getLogger("indextts_ray.train")
 FINISHED = "finished.json"  # written by rank 0 when the loop ends normally
 
-METRIC_KEYS = ("loss", "text_loss", "mel_loss", "mel_top1", "mel_top5", "speaker_loss", "speaker_acc",
+METRIC_KEYS = ("loss", "text_loss", "mel_loss", "mel_top1", "mel_top5", "stop_loss", "speaker_loss", "speaker_acc",
                "emotion_loss", "emotion_acc", "emotion_table_loss")
 # training head -> the loss weight that uses it
 HEAD_LOSSES = {"speaker_classifier": "speaker", "emotion_classifier": "emotion", "emotion_table": "emotion_table"}
@@ -470,6 +470,8 @@ class Recipe:
                    "grad_norm": step.grad_norm, "world_size": ws, "grad_accum": self.grad_accum,
                    "grl_lambda": step.grl_lambda, "speaker_weight": step.speaker_weight, "total_steps": s.total_steps,
                    **self.guard.metrics(), **self.window.rates(self.peak, ws)}
+        if self.band is not None and self.band.cfg.enabled:  # the smoothed accuracy the controller acts on
+            metrics["band_acc"] = self.band.accuracy
         if self.meter is not None:  # per-dataset loss over the window (all ranks) and samples this epoch
             metrics.update(self.meter.metrics(_all_sum(self.meter.totals(), self.device, ws)))
             rows_so_far = _all_sum(self.epoch_rows.tolist(), self.device, ws)

@@ -32,6 +32,7 @@ TB_TAGS = {
     "mel_top1": "train/mel_top1",
     "speaker_loss": "train/speaker_loss",
     "speaker_acc": "train/speaker_acc",
+    "band_acc": "train/band_acc",
     "emotion_loss": "train/emotion_loss",
     "emotion_acc": "train/emotion_acc",
     "lr": "train/lr",

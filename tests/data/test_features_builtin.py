@@ -88,3 +88,35 @@ def test_features_config_kinds():
     with pytest.raises(ValueError):
         FeaturesConfig(kind="mfcc")
     assert json.loads(FeaturesConfig().model_dump_json())["n_mels"] == 80
+
+
+PROSODY = CFG.model_copy(update={"prosody": True, "prosody_weight": 3.0})
+
+
+def test_prosody_channels_follow_pitch_and_loudness(tmp_path):
+    """With `prosody`, the last 3 channels are log-F0 (of a voiced frame), voicing and log-energy."""
+    from indextts_ray.data.features.builtin import raw_features
+
+    t = np.arange(16_000) / 16_000
+    pulses = lambda f0, gain: gain * np.sign(np.sin(2 * np.pi * f0 * t)) * (0.5 + 0.5 * np.cos(2 * np.pi * 3 * f0 * t))  # noqa: E731
+    low, high = raw_features(pulses(110.0, 0.1), 32, True), raw_features(pulses(220.0, 0.3), 32, True)
+    assert low.shape == (50, 32)
+    mid = slice(5, 45)
+    assert np.exp(np.nanmedian(low[mid, -3])) == pytest.approx(110.0, rel=0.03)
+    assert np.exp(np.nanmedian(high[mid, -3])) == pytest.approx(220.0, rel=0.03)
+    assert (low[mid, -2] > 0.5).all()  # voiced
+    assert np.median(high[mid, -1] - low[mid, -1]) > 1.5  # ~9.5 dB louder: log energy +2.2
+    noise = raw_features(np.random.default_rng(0).normal(0, 0.1, 16_000), 32, True)
+    assert np.isnan(noise[mid, -3]).mean() > 0.9  # unvoiced: no log-F0
+
+
+def test_prosody_codebook_is_checked_and_weighted(wavs, tmp_path):
+    fit_codebook(PROSODY, iter(wavs), tmp_path)
+    ex = build_extractor(PROSODY, tmp_path)
+    feats = ex.features(wavs[0])
+    assert feats.shape == (len(wavs[0]) // 320, 32) and np.isfinite(feats).all()  # unvoiced log-F0 -> 0
+    assert np.array_equal(ex.weights[-3:], [3.0, 3.0, 3.0]) and (ex.weights[:-3] == 1).all()
+    with pytest.raises(DataError, match="prosody=True"):
+        build_extractor(CFG, tmp_path)
+    with pytest.raises(DataError, match="prosody_weight 1"):
+        build_extractor(PROSODY.model_copy(update={"prosody_weight": 1.0}), tmp_path)

@@ -162,3 +162,26 @@ def test_overfit_one_batch(tiny_cfg):
     assert losses[0] == pytest.approx(4.43135, abs=1e-4)  # same seed as the metrics test
     assert losses[-1] < losses[0] / 50, losses[-1]  # measured: 4.43 -> 0.03
     assert out["mel_top1"].item() == 1.0
+
+
+def test_stop_loss_is_the_stop_targets_cross_entropy(tiny_cfg):
+    """`stop_loss` = mean CE of each sequence's stop target (mel position code_length); weight 0 adds nothing."""
+    torch.manual_seed(0)
+    tm = TrainingModel(tiny_cfg, n_speakers=4)
+    batch = make_batch(tiny_cfg)
+    plain = tm(batch, LossWeights())
+    assert plain["stop_loss"].grad_fn is None
+    torch.testing.assert_close(plain["loss"], 0.01 * plain["text_loss"] + plain["mel_loss"])
+    m = tm.model
+    conds = m.build_conds(m.get_speaker_latents(batch["spk_feats"], batch["spk_lengths"]),
+                          m.get_emovec(batch["spk_feats"], batch["spk_lengths"]))
+    _, mel_logits, _, mel_targets = m.compute_logits(conds, batch["text_ids"], batch["text_lengths"], batch["codes"],
+                                                     batch["code_lengths"])
+    rows = torch.arange(2)
+    assert (mel_targets[rows, batch["code_lengths"]] == tiny_cfg.stop_mel_token).all()
+    expected = torch.nn.functional.cross_entropy(mel_logits[rows, batch["code_lengths"]], mel_targets[rows, batch["code_lengths"]])
+    torch.testing.assert_close(plain["stop_loss"], expected)
+    weighted = tm(batch, LossWeights(stop=2.0))
+    torch.testing.assert_close(weighted["loss"], plain["loss"] + 2.0 * plain["stop_loss"])
+    weighted["loss"].backward()
+    assert m.mel_head.weight.grad is not None

@@ -58,8 +58,8 @@ def test_other_changes_are_applied_and_listed(tiny_dataset, tmp_path):
     cfg = _cfg(tiny_dataset, tmp_path, "train.max_steps=40", "train.lr=5e-4", "train.grl_lambda=2.0",
                "train.band.enabled=false", "train.eval_every_steps=7", "train.scaling.num_workers=[1, 2]")
     assert check_resume_config(saved, cfg, tmp_path) == [
-        "train.band.enabled true -> false", "train.eval_every_steps 20 -> 7", "train.grl_lambda 1.0 -> 2.0",
-        "train.lr 0.001 -> 0.0005", "train.max_steps null -> 40", "train.scaling.num_workers 2 -> [1, 2]"]
+        "train.band.enabled true -> false", "train.eval_every_steps 100 -> 7", "train.grl_lambda 0.3 -> 2.0",
+        "train.lr 0.002 -> 0.0005", "train.max_steps null -> 40", "train.scaling.num_workers 2 -> [1, 2]"]
     assert check_resume_config(saved, _cfg(tiny_dataset, tmp_path), tmp_path) == []
 
 

@@ -35,7 +35,9 @@ def _state(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def stage1_run(tiny_dataset, ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    cfg = stage_cfg(1, tiny_dataset, out, "s1", "train.epochs=8", "train.lr=1e-2")
+    # loss.stop=0: the demo's extra stop-target loss (for 16 epochs of real audio) keeps 24 steps at lr 1e-2 on
+    # these random-code rows from lowering the mel loss (measured 4.36 -> 4.40 with it); this test is about the loop
+    cfg = stage_cfg(1, tiny_dataset, out, "s1", "train.epochs=8", "train.lr=1e-2", "train.loss.stop=0")
     run_training(cfg)
     return cfg, out / "s1"
 
