@@ -82,4 +82,8 @@ def ray_local():
         # session's own; with the dashboard (127.0.0.1, a free port): Train's cleanup of stopped runs uses it
         connect(local={"num_cpus": 2, "include_dashboard": True, "dashboard_port": free_ports(1)[0]}, fresh=True,
                 log_to_driver=False)
+        # but not in this process's environment: tests that start their own head (`ray start`, simulated
+        # clusters) and submit to it must not inherit the session's address (a Jobs submission then ran its
+        # entrypoint outside the head's environment)
+        os.environ.pop("RAY_ADDRESS", None)
     yield

@@ -95,13 +95,18 @@ class RankSchedule:
 
 
 def rank_steps(n_entries, world_size: int, rank: int, grad_accum: int, epoch: int, position: int,
-               last_epoch: int):
+               last_epoch: int, max_steps: int | None = None):
     """This rank's optimizer steps from (`epoch`, `position`) to the end of epoch `last_epoch - 1`, across epoch
     boundaries: (epoch, step from the epoch's start position, steps from there in the epoch, plan entries of its
     micro-batches). `n_entries(epoch)` is the size of that epoch's plan; epochs too small for one global step
-    yield nothing. The planner serves a rank's stream from this sequence and the loop checks it against it."""
+    yield nothing; at most `max_steps` steps. The planner serves a rank's stream from this sequence and the loop
+    checks it against it."""
+    done = 0
     while epoch < last_epoch:
         schedule = RankSchedule(n_entries(epoch), world_size, rank, grad_accum, position)
         for i in range(schedule.steps_left):
+            if max_steps is not None and done >= max_steps:
+                return
             yield epoch, i, schedule.steps_left, schedule.micro_batches(i)
+            done += 1
         epoch, position = epoch + 1, 0

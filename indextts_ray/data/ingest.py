@@ -253,12 +253,13 @@ class IngestPlanner:
         return len(entries)
 
     def run_cursor(self, rank: int, epoch: int, position: int, world_size: int, grad_accum: int,
-                   last_epoch: int) -> None:
-        """Rank `rank`'s training entries from (epoch, position) to the end of the run, across epochs, so one
-        stream serves the whole run and the next epoch's batches are already in flight when an epoch ends.
-        Expanded as the stream reads (an epoch's plan is computed when its first entry is asked for)."""
+                   last_epoch: int, max_steps: int | None = None) -> None:
+        """Rank `rank`'s training entries from (epoch, position) to the end of the run (`last_epoch`, at most
+        `max_steps` steps), across epochs, so one stream serves the whole run and the next epoch's batches are
+        already in flight when an epoch ends. Expanded as the stream reads (an epoch's plan is computed when its
+        first entry is asked for)."""
         steps = rank_steps(lambda e: self.n_entries("train", e), world_size, rank, grad_accum, epoch, position,
-                           last_epoch)
+                           last_epoch, max_steps)
         by_epoch = ((e, np.asarray([j for _, _, _, js in group for j in js], np.int64))
                     for e, group in itertools.groupby(steps, key=lambda step: step[0]))
         self._cursors[("train", rank)] = _Cursor("train", 1, by_epoch)

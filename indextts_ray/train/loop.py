@@ -239,14 +239,17 @@ class Recipe:
         """Optimizer steps until `max_steps`/`epochs`, or early stopping, from one stream that crosses epochs (a
         new one only after a rollback that replays data)."""
         while self.running():
+            start = (self.state.epoch, self.state.position)
             prefetch, stream = self.open_stream()
             diverged = self.run_stream(prefetch)
             prefetch.close()  # stops and joins the reader thread, so the stream can be closed here
             stream.close()
             if diverged:
                 self.rollback("band control divergence", replay_data=True)
-            elif self.running():  # the stream ran out: the remaining epochs are too small for one global step
+            elif self.running() and (self.state.epoch, self.state.position) == start:
+                # the stream ran out at once: the remaining epochs are too small for one global step
                 self.state.epoch, self.state.position = self.tc.epochs, 0
+            # else it ended at its step limit with steps left (guard skips consume data): a new one goes on
 
     def running(self) -> bool:
         s = self.state
@@ -286,9 +289,12 @@ class Recipe:
 
     def open_stream(self) -> tuple[Prefetcher, object]:
         """Point this rank's cursor at its entries from the data position to the end of the run and start
-        prefetching its steps: (epoch, step in the epoch, steps in the epoch, collated micro-batches)."""
+        prefetching its steps: (epoch, step in the epoch, steps in the epoch, collated micro-batches). The stream
+        stops at the steps left to `total_steps`, so Ray Data never fetches past the run's end (with
+        `train.max_steps` far below `epochs` it would keep the CPUs busy with batches nobody reads)."""
         s, rank, ws, accum = self.state, self.rank, self.world_size, self.grad_accum
-        ray.get(self.planner.run_cursor.remote(rank, s.epoch, s.position, ws, accum, self.tc.epochs))
+        limit = s.total_steps - s.step
+        ray.get(self.planner.run_cursor.remote(rank, s.epoch, s.position, ws, accum, self.tc.epochs, limit))
         stream = micro_batches(self.train_shard)
         self.epoch_rows = None
 
@@ -298,7 +304,7 @@ class Recipe:
 
         def steps():
             for epoch, i, steps_in_epoch, entries in rank_steps(n_entries, ws, rank, accum, s.epoch, s.position,
-                                                                self.tc.epochs):
+                                                                self.tc.epochs, limit):
                 out = []
                 for j in entries:
                     t = next(stream)

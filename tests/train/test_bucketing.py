@@ -89,3 +89,4 @@ def test_rank_steps_cross_epochs_from_a_resume_position():
     assert got == expect
     assert got[0][3] == [9, 11] and got[3][3] == [1, 3]
     assert list(rank_steps(sizes.get, 2, 0, 2, epoch=6, position=0, last_epoch=6)) == []
+    assert list(rank_steps(sizes.get, 2, 1, 2, epoch=3, position=8, last_epoch=6, max_steps=4)) == expect[:4]
