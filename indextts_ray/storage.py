@@ -421,29 +421,28 @@ def cached_copy(loc: Location) -> Path:
 
 
 @contextlib.contextmanager
-def staged_file(loc: Location) -> Iterator[Path]:
+def _staged(loc: Location, publish) -> Iterator[Path]:
+    """`loc` itself when local; else a temp path named like it, handed to `publish(local, loc)` when the `with`
+    body succeeds."""
+    if not is_remote(loc):
+        yield Path(normalize(loc))
+        return
+    with tempfile.TemporaryDirectory(prefix="indextts-stage-") as tmp:
+        local = Path(tmp) / name(loc)
+        yield local
+        publish(local, loc)
+
+
+def staged_file(loc: Location):
     """A local path to write `loc` through: the path itself (the writer must be atomic), or a temp file that is
     uploaded (one PUT) when the `with` body succeeds."""
-    if not is_remote(loc):
-        yield Path(normalize(loc))
-        return
-    with tempfile.TemporaryDirectory(prefix="indextts-stage-") as tmp:
-        local = Path(tmp) / name(loc)
-        yield local
-        upload_file(local, loc)
+    return _staged(loc, upload_file)
 
 
-@contextlib.contextmanager
-def staged_dir(loc: Location, last: tuple[str, ...] = ()) -> Iterator[Path]:
+def staged_dir(loc: Location, last: tuple[str, ...] = ()):
     """A local folder to write `loc` through: the folder itself, or a temp folder that replaces the remote one
     (files named in `last` uploaded last) when the `with` body succeeds."""
-    if not is_remote(loc):
-        yield Path(normalize(loc))
-        return
-    with tempfile.TemporaryDirectory(prefix="indextts-stage-") as tmp:
-        local = Path(tmp) / name(loc)
-        yield local
-        publish_dir(local, loc, last)
+    return _staged(loc, lambda local, dest: publish_dir(local, dest, last))
 
 
 def sha256(loc: Location, chunk: int = 1 << 20) -> str:
