@@ -25,6 +25,15 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs/tune/demo.yaml"
 
 
+def _search_cfg(data: Path, out: Path, name: str, *extra: str):
+    """The demo search on the tiny shards: Stage 2 from scratch, 2 workers at 0.45 CPU, every step logged."""
+    return load_config(DEMO, [
+        f"train.data_dir={data}", f"run.output_dir={out}", f"run.name={name}",
+        f"train.speaker_mapping={data / 'speaker_mapping.json'}", "train.init_checkpoint=null",
+        "train.batch.max_tokens=400", "train.logging.every_steps=1", "train.warmup_steps=2",
+        "train.scaling.cpus_per_worker=0.45", *extra])
+
+
 def test_space_keys_and_ranges_are_checked_against_the_schema():
     check_space(load_config(DEMO))
     with pytest.raises(ConfigError, match=r"did you mean 'train.grl_lambda'"):
@@ -99,15 +108,11 @@ def test_tiny_search_completes_then_resumes(tiny_dataset, ray_local, tmp_path):
     """2 trials (a grid over init_checkpoint): the second fails until its checkpoint exists; a rerun resumes it
     without retraining the first, and a third run finds everything done."""
     missing = tmp_path / "stage2-init"
-    cfg = load_config(DEMO, [
-        f"train.data_dir={tiny_dataset}", f"run.output_dir={tmp_path}", "run.name=search",
-        f"train.speaker_mapping={tiny_dataset / 'speaker_mapping.json'}", "train.init_checkpoint=null",
-        "train.batch.max_tokens=400", "train.logging.every_steps=1", "train.warmup_steps=2",
-        "train.eval_every_steps=6", "train.checkpoint.every_steps=6", "train.scaling.cpus_per_worker=0.45",
+    cfg = _search_cfg(tiny_dataset, tmp_path, "search",
+        "train.eval_every_steps=6", "train.checkpoint.every_steps=6",
         "tune.num_samples=1", "tune.max_steps=6", "tune.window_steps=2", "tune.grace_steps=2",
         "tune.poll_seconds=0.5",
-        f"tune.space={{train.init_checkpoint: {{kind: grid, values: [null, {missing}]}}}}",
-    ])
+        f"tune.space={{train.init_checkpoint: {{kind: grid, values: [null, {missing}]}}}}")
     first = run_tune(cfg)
     exp = tmp_path / "search"
     status = {r["trial"]: r["status"] for r in first.rows}
@@ -155,14 +160,10 @@ def test_a_trial_the_scheduler_stops_frees_its_workers_for_the_next(tiny_dataset
             return TrialScheduler.STOP if first and result["step"] >= 1 else TrialScheduler.CONTINUE
 
     monkeypatch.setattr("indextts_ray.tune.search._scheduler", lambda tc: StopFirstAtStep1())
-    cfg = load_config(DEMO, [
-        f"train.data_dir={tiny_dataset}", f"run.output_dir={tmp_path}", "run.name=stops",
-        f"train.speaker_mapping={tiny_dataset / 'speaker_mapping.json'}", "train.init_checkpoint=null",
-        "train.batch.max_tokens=400", "train.logging.every_steps=1", "train.warmup_steps=2",
-        "train.eval_every_steps=100", "train.checkpoint.every_steps=100", "train.scaling.cpus_per_worker=0.45",
+    cfg = _search_cfg(tiny_dataset, tmp_path, "stops",
+        "train.eval_every_steps=100", "train.checkpoint.every_steps=100",
         "tune.num_samples=2", "tune.max_steps=12", "tune.window_steps=1", "tune.grace_steps=1",
-        "tune.poll_seconds=0.2", "tune.space={train.lr: {kind: loguniform, low: 1.0e-4, high: 1.0e-3}}",
-    ])
+        "tune.poll_seconds=0.2", "tune.space={train.lr: {kind: loguniform, low: 1.0e-4, high: 1.0e-3}}")
     out = run_tune(cfg)
     status = {r["trial"]: (r["status"], r["steps"]) for r in out.rows}
     first, second = sorted(status)
