@@ -49,7 +49,7 @@ from indextts_ray.config import (
 from indextts_ray.errors import ConfigError, UserError
 from indextts_ray.io_utils import atomic_write_json, atomic_write_text
 from indextts_ray.ray_connect import connect
-from indextts_ray.train.export import export_run
+from indextts_ray.train.export import export_run, latest_checkpoint
 from indextts_ray.train.tracking import read_metrics
 from indextts_ray.train.trainer import absolutize, check_inputs, run_training
 from indextts_ray.tune.config import Distribution, TuneConfig
@@ -356,10 +356,15 @@ def summarize(cfg: Config, exp_dir: Path, grid, restored: bool) -> TuneOutcome:
         rows.append({"trial": name, "status": status, "steps": windows[-1].end_step if windows else 0, **score,
                      "grl_lambda": windows[-1].grl_lambda if windows else None,
                      "speaker_weight": windows[-1].speaker_weight if windows else None,
-                     "run": segments[-1]["run"],
+                     "run": segments[-1]["run"], "checkpoint": _has_checkpoint(runs_dir / segments[-1]["run"]),
                      **{f"param:{k}": v for k, v in sorted(_flatten(result.config or {}).items())}})
     rows.sort(key=lambda r: r["trial"])
     best = best_row(rows, tc.metric)
+    ranked_first = best_row(rows, tc.metric, exportable_only=False)
+    if best is not ranked_first:  # e.g. a trial the scheduler stopped before its first checkpoint
+        log.warning("trial %s ranked first (%s %.4f) but was stopped before it wrote a checkpoint; the best trial "
+                    "with weights to export is %s", ranked_first["trial"], tc.metric, ranked_first[tc.metric],
+                    best["trial"] if best else "none")
     table = write_table(rows, exp_dir / "results.csv")
     plot = plot_trials(traces, low, high, exp_dir / "band.png", best=best["trial"] if best else None)
     partial = exp_dir / "results.partial.json"
@@ -371,7 +376,8 @@ def summarize(cfg: Config, exp_dir: Path, grid, restored: bool) -> TuneOutcome:
     partial.unlink(missing_ok=True)
     if best is None:
         states = ", ".join(f"{r['trial']}: {r['status']}" for r in rows)
-        raise RuntimeError(f"no trial of {exp_dir} reported a score ({states}); see the trial dirs' error.txt")
+        raise RuntimeError(f"no trial of {exp_dir} reported a score and wrote a checkpoint ({states}); see the trial "
+                           "dirs' error.txt, or lower train.checkpoint.every_steps below the scheduler's grace period")
     best_cfg = validate_config(deep_merge(cfg.model_dump(mode="json"), _nest(best)), Config, origin="best trial")
     best_cfg = best_cfg.model_copy(update={"run": best_cfg.run.model_copy(update={"name": f"{cfg.run.name}-best"})})
     best_yaml = atomic_write_text(exp_dir / "best.yaml", (
@@ -382,14 +388,25 @@ def summarize(cfg: Config, exp_dir: Path, grid, restored: bool) -> TuneOutcome:
     return TuneOutcome(exp_dir, rows, best["trial"], export, best_yaml, plot, table, restored)
 
 
-def best_row(rows: list[dict], metric: str) -> dict | None:
+def best_row(rows: list[dict], metric: str, exportable_only: bool = True) -> dict | None:
     """Tune's rule (its reporter's "current best trial"): the highest last-reported value, the first trial on a
-    tie; errored trials are left out (their runs may have no checkpoint to export)."""
+    tie; errored trials are left out, and so (unless `exportable_only` is off) are trials without a checkpoint,
+    as the best trial's weights are exported."""
     best = None
     for r in rows:
-        if r["status"] != "error" and not math.isnan(r[metric]) and (best is None or r[metric] > best[metric]):
+        if r["status"] == "error" or math.isnan(r[metric]) or (exportable_only and not r["checkpoint"]):
+            continue
+        if best is None or r[metric] > best[metric]:
             best = r
     return best
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    try:
+        latest_checkpoint(run_dir)
+    except UserError:
+        return False
+    return True
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

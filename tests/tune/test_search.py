@@ -168,6 +168,9 @@ def test_a_trial_the_scheduler_stops_frees_its_workers_for_the_next(tiny_dataset
     status = {r["trial"]: (r["status"], r["steps"]) for r in out.rows}
     first, second = sorted(status)
     assert status[first][0] == "stopped" and status[second] == ("done", 12), status
+    # stopped before its first checkpoint: never the best trial, whatever it scored, as it has no weights to export
+    assert [r["checkpoint"] for r in sorted(out.rows, key=lambda r: r["trial"])] == [False, True]
+    assert out.best_trial == second and (out.export / "gpt.pth").exists()
     # stopped while training: its run never finished (so its workers were running when the stop came)
     assert not (tmp_path / "stops" / "runs" / first / "finished.json").exists()
     deadline = time.time() + 60  # Ray Train's placement-group cleaner polls: give it a moment
