@@ -20,6 +20,9 @@ def fake_grid(exp: Path, trials: dict[str, dict]):
     for name, t in trials.items():
         run = exp / "runs" / name
         run.mkdir(parents=True)
+        if t.get("checkpoint", True):  # a finished checkpoint, as latest_checkpoint recognises one
+            (run / "step-00000004").mkdir()
+            (run / "step-00000004" / "checksums.json").write_text("{}")
         with open(run / "metrics.jsonl", "w") as f:
             for step, acc in enumerate(t["speaker_acc"], 1):
                 f.write(json.dumps({"step": step, "speaker_acc": acc, "mel_loss": 1.0, "grl_lambda": 1.0,
@@ -62,6 +65,19 @@ def test_summary_names_the_trial_tune_names(cfg, tmp_path, monkeypatch):
     assert {r["trial"]: r["band_score"] for r in out.rows} == {"t000-aaaaaa": 0.9, "t001-bbbbbb": 0.8}
     assert "best trial t000-aaaaaa" in (exp / "best.yaml").read_text()
     assert not (exp / "results.partial.json").exists()
+
+
+def test_the_best_trial_is_one_with_a_checkpoint_to_export(cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(search, "_export_best", lambda run_dir, out, best: out)
+    exp = tmp_path / "search"
+    g = grid_of(fake_grid(exp, {  # t000 ranks first but the scheduler stopped it before its first checkpoint
+        "t000-aaaaaa": {"speaker_acc": [0.4] * 2, "status": "TERMINATED", "checkpoint": False,
+                        "last": {"band_score": 0.9, "finished": False}},
+        "t001-bbbbbb": {"speaker_acc": [0.4] * 6, "status": "TERMINATED", "last": {"band_score": 0.8, "finished": True}},
+    }))
+    out = summarize(cfg, exp, g, restored=False)
+    assert out.best_trial == "t001-bbbbbb"
+    assert [(r["trial"], r["checkpoint"]) for r in out.rows] == [("t000-aaaaaa", False), ("t001-bbbbbb", True)]
 
 
 def test_interrupted_search_writes_partial_results_and_no_best(cfg, tmp_path, monkeypatch):
