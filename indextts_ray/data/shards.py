@@ -169,24 +169,27 @@ def _process_row(r: dict, ex: Extractor, ctx: ShardContext, counts: Counter):
     feats = ex.features(tgt.wav16k)
     if feats.shape[0] == 0:
         return Rejection("too_short", f"{tgt.duration:.3f} s gives no feature frame")
-    prompt = None
-    if r["prompt_audio_path"]:
-        p = load_checked(r["prompt_audio_path"], cfg, max_seconds=cfg.prompt.max_seconds, check_length=False)
-        if isinstance(p, Rejection):
-            return Rejection("bad_prompt_audio", f"prompt_audio_path: {p.code}: {p.detail}")
-        prompt = ex.features(p.wav16k)
-        if prompt.shape[0] == 0:
-            return Rejection("bad_prompt_audio", "prompt_audio_path gives no feature frame")
-
-    emo = None
-    if r["emotion_audio_path"]:
-        e = load_checked(r["emotion_audio_path"], cfg, max_seconds=cfg.prompt.max_seconds, check_length=False)
-        if isinstance(e, Rejection):
-            return Rejection("bad_prompt_audio", f"emotion_audio_path: {e.code}: {e.detail}")
-        emo = ex.features(e.wav16k)
-        if emo.shape[0] == 0:
-            return Rejection("bad_prompt_audio", "emotion_audio_path gives no feature frame")
+    prompt = reference_features(r, "prompt_audio_path", cfg, ex)
+    if isinstance(prompt, Rejection):
+        return prompt
+    emo = reference_features(r, "emotion_audio_path", cfg, ex)
+    if isinstance(emo, Rejection):
+        return emo
     return codes, feats, prompt, emo, tgt
+
+
+def reference_features(r: dict, field: str, cfg: DataConfig, ex: Extractor) -> np.ndarray | Rejection | None:
+    """Features of the row's explicit prompt or emotion reference (`field`), cut to `prompt.max_seconds`; None
+    when the row names none. A bad reference rejects the row as `bad_prompt_audio`, naming the field."""
+    if not r[field]:
+        return None
+    a = load_checked(r[field], cfg, max_seconds=cfg.prompt.max_seconds, check_length=False)
+    if isinstance(a, Rejection):
+        return Rejection("bad_prompt_audio", f"{field}: {a.code}: {a.detail}")
+    feats = ex.features(a.wav16k)
+    if feats.shape[0] == 0:
+        return Rejection("bad_prompt_audio", f"{field} gives no feature frame")
+    return feats
 
 
 def load_codes(path: str, duration: float, ex: Extractor) -> np.ndarray | Rejection:

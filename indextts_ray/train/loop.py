@@ -61,7 +61,7 @@ from indextts_ray.train.early_stop import EarlyStopping
 from indextts_ray.train.ema import EMA
 from indextts_ray.train.guard import SpikeGuard, Verdict, discard_step, record_bad_batch, set_base_lrs
 from indextts_ray.train.prefetch import Prefetcher
-from indextts_ray.train.run_files import RunMirror, local_dir
+from indextts_ray.train.run_files import RunMirror, checkpoint_files, local_dir
 from indextts_ray.train.sharding import full_model, grad_sync, is_sharded, shard_model
 from indextts_ray.train.state import RunState, gather_state, load_state, save_state, step_seed
 from indextts_ray.train.tracking import Tracker, device_peak_tflops, read_metrics
@@ -177,8 +177,8 @@ class Recipe:
     def restore(self) -> None:
         """Continue from the last registered checkpoint (the driver already refused one of other data or plan)."""
         if self.resume_from is not None:
-            with self.resume_from.as_directory() as d:
-                saved, saved_cfg = load_state(Path(d), model=self.model, optimizer=self.optimizer,
+            with checkpoint_files(self.resume_from) as d:
+                saved, saved_cfg = load_state(d, model=self.model, optimizer=self.optimizer,
                                               scheduler=self.scheduler, scaler=self.scaler, ema=self.ema)
             check_same_data(saved.data or None, self.spec)
             if saved.guard:  # empty in checkpoints written before the guard existed

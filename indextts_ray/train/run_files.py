@@ -12,9 +12,13 @@ A local run dir is its own mirror: nothing is copied.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pyarrow.fs as pafs
 
 from indextts_ray import storage
 
@@ -71,3 +75,17 @@ class RunMirror:
 
     def _mine(self, rel: str) -> bool:
         return self.rank == 0 or f"rank{self.rank}" in Path(rel).name
+
+
+@contextlib.contextmanager
+def checkpoint_files(checkpoint) -> Iterator[Path]:
+    """A local folder with a `ray.train.Checkpoint`'s files. One on a store is downloaded into a folder of this
+    process's own: Ray's `as_directory` shares one folder per checkpoint between the ranks of a node, and a rank
+    that arrives after the first download has ended downloads again into it, truncating files another rank is
+    reading (a resume from S3 failed with "PytorchStreamReader failed reading file")."""
+    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        yield Path(checkpoint.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="indextts-checkpoint-") as d:
+        checkpoint.to_directory(d)
+        yield Path(d)

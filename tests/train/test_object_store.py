@@ -3,9 +3,6 @@ reads the shards with ranged GETs, Ray Train writes checkpoints there, a killed 
 export lands there and loads. Every number is compared with the same run on the local disk."""
 
 import os
-import signal
-import threading
-import time
 
 import pytest
 import torch
@@ -13,11 +10,11 @@ import torch
 from indextts_ray import storage
 from indextts_ray.model.checkpoint_io import load_export
 from indextts_ray.train.export import export_run, latest_checkpoint
-from indextts_ray.train.run_files import local_dir
+from indextts_ray.train.run_files import checkpoint_files
 from indextts_ray.train.tracking import read_metrics
 from indextts_ray.train.trainer import run_training
 from tests.conftest import new_bucket
-from tests.train.test_train_ray import stage_cfg
+from tests.train.test_train_ray import run_killing_rank1, stage_cfg
 
 # 96 rows at 400 tokens -> 6 micro-batches -> 3 steps of 2 ranks per epoch; 2 epochs; a checkpoint every 2 steps
 EXTRA = ("train.epochs=2", "train.checkpoint.every_steps=2", "train.eval_every_steps=3", "train.checkpoint.keep=3",
@@ -31,34 +28,13 @@ def local_ref(tiny_dataset, ray_local, tmp_path_factory):
     return out / "ref"
 
 
-def kill_rank1_after(run_loc: str, step: int, target) -> threading.Thread:
-    """Run `target` in a thread; SIGKILL rank 1 once step-<step> is registered in the snapshot on the store."""
-    thread = threading.Thread(target=target)
-    thread.start()
-    snapshot, deadline = storage.join(run_loc, "checkpoint_manager_snapshot.json"), time.time() + 120
-    while time.time() < deadline and not (storage.is_file(snapshot)
-                                          and f"step-{step:08d}" in storage.read_text(snapshot)):
-        time.sleep(0.2)
-    assert storage.is_file(snapshot), "no checkpoint registered in time"
-    os.kill(int((local_dir(run_loc) / "workers" / "rank1.pid").read_text()), signal.SIGKILL)
-    return thread
-
-
 def test_stage1_on_s3_resumes_after_a_kill_and_exports(tiny_dataset, local_ref, s3_server, tmp_path):
     bucket = new_bucket(s3_server, "stage1")
     data, runs = storage.join(bucket, "prepared"), storage.join(bucket, "runs")
     storage.upload_dir(tiny_dataset, data)
     cfg = stage_cfg(1, data, runs, "s1", *EXTRA)  # type: ignore[arg-type]  (URIs, not paths)
     run_loc = storage.join(runs, "s1")
-    done = {}
-
-    def first_attempt():
-        try:
-            run_training(cfg)
-        except Exception as e:  # noqa: BLE001 -- max_failures=0: the killed worker fails the run
-            done["error"] = e
-
-    kill_rank1_after(run_loc, 2, first_attempt).join(timeout=300)
+    done, _ = run_killing_rank1(cfg, run_loc, 2, timeout=300)
     assert "error" in done, "the run was not interrupted"
     killed_at = int(storage.name(latest_checkpoint(run_loc)).split("-")[1])
     assert killed_at in (2, 3, 4)  # the last registered before the kill (every 2 steps and at the epoch's end, 3)
@@ -85,3 +61,27 @@ def test_stage1_on_s3_resumes_after_a_kill_and_exports(tiny_dataset, local_ref, 
     expected = load_export(export_run(local_ref, tmp_path / "ref-export"), device="cpu").state_dict()
     assert list(loaded) == list(expected)
     assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+
+
+def test_two_readers_of_a_checkpoint_on_a_store_do_not_overwrite_each_others_files(s3_server, tmp_path):
+    """Ray's `as_directory` shares one download folder per checkpoint on a node and a later reader downloads again
+    into it, truncating the file a first reader is loading; each reader gets a folder of its own."""
+    from ray.train import Checkpoint
+
+    src = tmp_path / "step-00000002"
+    src.mkdir()
+    (src / "state.pt").write_bytes(os.urandom(1 << 16))
+    loc = storage.join(new_bucket(s3_server, "readers"), "run", "step-00000002")
+    storage.upload_dir(src, loc)
+    fs, path = storage.resolve(loc)
+    ckpt = Checkpoint(path=path, filesystem=fs)
+    with checkpoint_files(ckpt) as first:
+        stamp = (first / "state.pt").stat().st_mtime_ns, (first / "state.pt").stat().st_ino
+        with checkpoint_files(ckpt) as second:  # a second rank arriving while the first still reads
+            assert second != first and (second / "state.pt").read_bytes() == (src / "state.pt").read_bytes()
+        assert ((first / "state.pt").stat().st_mtime_ns, (first / "state.pt").stat().st_ino) == stamp
+        assert (first / "state.pt").read_bytes() == (src / "state.pt").read_bytes()
+    assert not first.exists() and not second.exists()
+    with checkpoint_files(Checkpoint.from_directory(str(src))) as local:  # a local checkpoint is read in place
+        assert local == src
+

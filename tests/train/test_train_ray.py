@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from indextts_ray import storage
 from indextts_ray.config import load_config
 from indextts_ray.model.training import TrainingModel
 from indextts_ray.train.export import export_run, latest_checkpoint
+from indextts_ray.train.run_files import local_dir
 from indextts_ray.train.state import STATE_FILE
 from indextts_ray.train.tracking import read_metrics
 from indextts_ray.train.trainer import run_training
@@ -158,10 +160,8 @@ def test_sigkill_worker_resumes_and_matches_uninterrupted_run(tiny_dataset, ray_
 
     cfg = stage_cfg(1, tiny_dataset, tmp_path, "killed", *extra)
     run_dir = tmp_path / "killed"
-    done = {}
-    thread, killed_pid = kill_rank1_after_checkpoint(run_dir, 3, lambda: done.setdefault("result", run_training(cfg)))
-    thread.join(timeout=600)
-    assert "result" in done
+    done, killed_pid = run_killing_rank1(cfg, run_dir, 3)
+    assert "result" in done, done.get("error")
     assert int((run_dir / "workers" / "rank1.pid").read_text()) != killed_pid  # the group really restarted
 
     ref_m, m = read_metrics(tmp_path / "ref"), read_metrics(run_dir)
@@ -191,18 +191,28 @@ def planned_ids(cfg, epoch: int, per_step: int = 2) -> list[str]:
     return RowStore([Path(f) for f in spec.files]).take(rows, ["id"]).column("id").to_pylist()
 
 
-def kill_rank1_after_checkpoint(run_dir: Path, step: int, target) -> tuple[threading.Thread, int]:
-    """Start `target` (a training run) in a thread; SIGKILL rank 1 once step-<step> is registered (RAY_NOTES)."""
+def run_killing_rank1(cfg, run_loc, step: int, timeout: float = 600) -> tuple[dict, int]:
+    """Run `cfg`'s training in a thread and SIGKILL rank 1 once step-<step> is registered in the run's snapshot
+    (RAY_NOTES; `run_loc` a local dir or a store URI). Returns ({"result": …} or {"error": …}, the killed pid)."""
+    done: dict = {}
+
+    def target():
+        try:
+            done["result"] = run_training(cfg)
+        except Exception as e:  # noqa: BLE001 -- with max_failures=0 the killed worker fails the run
+            done["error"] = e
+
     thread = threading.Thread(target=target)
     thread.start()
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (snapshot.exists() and f"step-{step:08d}" in snapshot.read_text()):
+    snapshot, deadline = storage.join(run_loc, "checkpoint_manager_snapshot.json"), time.time() + 120
+    while time.time() < deadline and not (storage.is_file(snapshot)
+                                          and f"step-{step:08d}" in storage.read_text(snapshot)):
         time.sleep(0.2)
-    assert snapshot.exists(), "no checkpoint registered in time"
-    killed_pid = int((run_dir / "workers" / "rank1.pid").read_text())
+    assert storage.is_file(snapshot), "no checkpoint registered in time"
+    killed_pid = int((local_dir(run_loc) / "workers" / "rank1.pid").read_text())
     os.kill(killed_pid, signal.SIGKILL)
-    return thread, killed_pid
+    thread.join(timeout=timeout)
+    return done, killed_pid
 
 
 def consumed_ids(run_dir: Path) -> dict[int, list[str]]:
@@ -233,16 +243,7 @@ def test_fsdp_rerun_after_a_crash_matches_uninterrupted_run(tiny_dataset, ray_lo
 
     cfg = stage_cfg(1, tiny_dataset, tmp_path, "crashed", *extra)
     run_dir = tmp_path / "crashed"
-    done = {}
-
-    def first_attempt():
-        try:
-            run_training(cfg)
-        except Exception as e:  # noqa: BLE001 -- max_failures=0: the killed worker fails the run
-            done["error"] = e
-
-    thread, _ = kill_rank1_after_checkpoint(run_dir, 3, first_attempt)
-    thread.join(timeout=300)
+    done, _ = run_killing_rank1(cfg, run_dir, 3, timeout=300)
     assert "error" in done and _state(run_dir)["progress"]["step"] < 9
     run_training(cfg)  # the same command again: resumes from the last checkpoint
 
