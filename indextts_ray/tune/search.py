@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from indextts_ray.config import (
@@ -310,8 +311,11 @@ def check_state_api(tc: TuneConfig) -> None:
         return
     from ray.util.state import list_actors
 
+    # this cluster's address, not Ray's guess: without RAY_ADDRESS the State API follows the newest local Ray's
+    # address file, another instance's when several run on one machine (a test session beside a benchmark)
+    address = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
     try:
-        list_actors(limit=1, timeout=10, raise_on_missing_output=False)
+        list_actors(address=address, limit=1, timeout=10, raise_on_missing_output=False)
     except Exception as e:  # ServerUnavailable, connection errors: whatever stops the cleaner too
         raise UserError(f"tune.scheduler={tc.scheduler} needs Ray's State API (the dashboard), which this Ray "
                         f"does not serve ({type(e).__name__}): start Ray with its dashboard (the default of "

@@ -104,6 +104,19 @@ def test_schedulers_that_stop_trials_need_the_state_api(ray_local, monkeypatch):
     check_state_api(TuneConfig(scheduler="none"))  # stops nothing: fine without it
 
 
+def test_the_state_api_check_asks_this_cluster_not_the_address_file(ray_local, tmp_path, monkeypatch):
+    """Another local Ray started later (a benchmark beside the tests) owns Ray's address file; without
+    RAY_ADDRESS the State API followed it, to another or a dead instance."""
+    from indextts_ray.ray_connect import address_file
+    from tests.conftest import free_ports
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    Path(address_file()).parent.mkdir(parents=True, exist_ok=True)
+    Path(address_file()).write_text(f"127.0.0.1:{free_ports(1)[0]}")  # nothing listens there
+    check_state_api(TuneConfig(scheduler="asha"))
+
+
 def test_tiny_search_completes_then_resumes(tiny_dataset, ray_local, tmp_path):
     """2 trials (a grid over init_checkpoint): the second fails until its checkpoint exists; a rerun resumes it
     without retraining the first, and a third run finds everything done."""
