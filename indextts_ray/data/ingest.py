@@ -43,6 +43,7 @@ from indextts_ray import storage
 from indextts_ray.data.bucketing import BucketingSettings, plan_epoch, rank_steps
 from indextts_ray.data.config import PromptConfig
 from indextts_ray.data.features.base import FRAME_RATE
+from indextts_ray.data.idle_backoff import IdleBackoff
 from indextts_ray.data.pairing import column_codes
 from indextts_ray.data.prompts import REASONS, crop_starts, draw_prompts, row_hash
 from indextts_ray.data.schema import AUDIO_COLUMNS, BATCH_SCHEMA, pack_batches, unpack_batches
@@ -495,12 +496,18 @@ def rank_dataset(spec: IngestSpec, split: str, rank: int):
     # a row is a whole packed micro-batch, so the per-block cost is paid once per micro-batch (1-row blocks of
     # batch rows halved the throughput).
     ds.context.target_max_block_size = 1
+    # its detectors check every scheduling step and warn about fetch tasks holding a few hundred MiB (the
+    # micro-batches they produce), which is what this stream is for
+    ds.context.issue_detectors_config.detectors = []
+    ds.context.custom_execution_callback_classes = [IdleBackoff]  # no busy loop while training catches up
     return ds
 
 
 class IngestDataConfig(DataConfig):
     """Each rank gets its own ordered stream (plan entries k*world_size + r of its cursor), not a share of
-    a streaming split whose block-to-rank assignment depends on timing."""
+    a streaming split whose block-to-rank assignment depends on timing. Each stream is a one-way
+    `streaming_split`, so its executor (a scheduling loop of a few ms of Python per step) runs in a coordinator
+    actor: run by `ds.iterator()` it ran inside the training worker and took the GIL from the training loop."""
 
     def __init__(self, spec: IngestSpec):
         super().__init__(datasets_to_split="all")
@@ -513,7 +520,7 @@ class IngestDataConfig(DataConfig):
                 ds = rank_dataset(self.spec, name, r)
                 ds.context.execution_options = self._resolve_execution_options(name)
                 ds.context.execution_options.preserve_order = True
-                out[r][name] = ds.iterator()
+                out[r][name] = ds.streaming_split(1)[0]
         return out
 
 

@@ -15,6 +15,7 @@ from indextts_ray.commands.prepare_cmd import load_prepare_config
 from indextts_ray.data.bucketing import BucketingSettings
 from indextts_ray.data.config import PromptConfig
 from indextts_ray.data.features.builtin import CODEBOOK_FILE
+from indextts_ray.data.idle_backoff import IdleBackoff
 from indextts_ray.data.ingest import (
     _ENTRY_SCHEMA,
     CorpusIndex,
@@ -150,9 +151,11 @@ def test_ray_stream_with_extractor_actors_gives_the_stored_batches(prepared, ray
     planner = planner_actor(b)
     try:
         ray.get(planner.set_cursor.remote("train", 0, 1, list(range(len(plan.batches)))))
-        streamed = list(micro_batches(rank_dataset(b, "train", 0).iterator()))
+        ds = rank_dataset(b, "train", 0)
+        streamed = list(micro_batches(ds.iterator()))
     finally:
         release_planner(b)
+    assert ds.context.custom_execution_callback_classes == [IdleBackoff]  # no busy loop while training computes
     assert len(streamed) == len(stored) >= 3
     for x, y in zip(stored, streamed):
         assert_same_batch(x, y)
