@@ -1,12 +1,17 @@
 """Does a run learn what each stage is for? The whole recipe on a corpus the tests never see, then the numbers.
 
-    python benchmarks/learning.py --work /tmp/learning            # ~20 min on 2 cores (rerun = resume/skip)
-    python benchmarks/learning.py --work /tmp/learning pipeline.stage2.overrides='[train.epochs=2]'
+    python benchmarks/learning.py --work /tmp/learning            # ~16 min on 2 cores (rerun = resume/skip)
+    python benchmarks/learning.py --work /tmp/learning --stage2 train.epochs=20 pipeline.eval.n_prompts=16
 
 Synthesises a corpus with its own seed (`--seed 7`; the tests use seed 0) of `--speakers` voices x `--utts`
 utterances, 7 emotions, ko + en, and runs the demo pipeline on it (`configs/pipeline/demo.yaml` with the demo
 stage configs: synth -> prepare -> speakers -> Stage 1 -> 2 -> 3 -> export -> eval with emotion control) on local
-Ray with the tiny model. Everything it prints comes from the pipeline's own evaluation (`report.json`) or the
+Ray with the tiny model. On top of the demo recipe (`RECIPE`): 256 builtin codes with the prosody channels weighted
+30x in the k-means distance (codes that keep pitch and loudness levels; the tiny model's code vocabulary grown to
+match: `number_mel_codes` 258 with start/stop 256/257), code judges whose embedding starts from the codebook's
+code vectors (`pipeline.eval.emotion_control.judge_code_vectors`, 40 epochs), Stage 2 for 16 epochs. `--stageN
+KEY=VALUE` appends overrides to stage N's config (after the recipe's); plain `KEY=VALUE` arguments override the
+pipeline config. Everything it prints comes from the pipeline's own evaluation (`report.json`) or the
 runs' own logs, except the baseline, which it computes here:
 
 * **log-mel baseline**: the same probe (`probes.linear_probe`, same seed, same clips, hence the same split) on
@@ -34,18 +39,31 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 PROBE_KEYS = ("emotion_from_emovec", "speaker_from_emovec", "speaker_from_latents")
+CODES = 256  # builtin k-means codes; the tiny model's code vocabulary = CODES + start + stop
+MODEL = [f"model.number_mel_codes={CODES + 2}", f"model.start_mel_token={CODES}", f"model.stop_mel_token={CODES + 1}"]
+# the recipe on top of the demo configs (module doc): pipeline overrides, and each stage's own overrides
+RECIPE = [*MODEL, f"data.features.codebook_size={CODES}", "data.features.prosody_weight=30",
+          "pipeline.eval.emotion_control.judge_code_vectors=true", "pipeline.eval.emotion_control.epochs=40"]
+STAGE_RECIPE = {1: [], 2: ["train.epochs=16"], 3: []}
 
 
-def pipeline_config(work: Path, seed: int, speakers: int, utts: int, overrides: list[str]):
+def pipeline_config(work: Path, seed: int, speakers: int, utts: int, overrides: list[str],
+                    stage_overrides: dict[int, list[str]] | None = None):
     from indextts_ray.config import CONFIGS_DIR, load_config
 
-    stages = [f"pipeline.stage{n}.config={CONFIGS_DIR / 'demo' / f'stage{n}.yaml'}" for n in (1, 2, 3)]
+    stage_overrides = stage_overrides or {}
+    stages = []
+    for n in (1, 2, 3):
+        stages.append(f"pipeline.stage{n}.config={CONFIGS_DIR / 'demo' / f'stage{n}.yaml'}")
+        # a JSON list is a YAML flow list whose items may hold `=`, `,` and spaces
+        stages.append(f"pipeline.stage{n}.overrides="
+                      + json.dumps([*MODEL, *STAGE_RECIPE[n], *stage_overrides.get(n, [])]))
     return load_config(CONFIGS_DIR / "pipeline" / "demo.yaml", [
         f"pipeline.work_dir={work}", *stages,
         f"pipeline.synth.seed={seed}", f"pipeline.synth.speakers={speakers}",
         f"pipeline.synth.utts_per_speaker={utts}", "pipeline.speakers.min_samples=5",
         "pipeline.eval.emotion_control.speakers=4", "pipeline.eval.emotion_control.texts=4",
-        "pipeline.eval.n_prompts=32",
+        "pipeline.eval.n_prompts=32", *RECIPE,
         *overrides])
 
 
@@ -117,13 +135,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7, help="corpus seed (the tests use 0)")
     p.add_argument("--speakers", type=int, default=20)
     p.add_argument("--utts", type=int, default=24)
+    for n in (1, 2, 3):
+        p.add_argument(f"--stage{n}", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"override of Stage {n}'s config, after the recipe's (repeatable)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the pipeline config")
     args = p.parse_args(argv)
 
     from indextts_ray.pipeline.runner import run_pipeline
     from indextts_ray.pipeline.steps import layout
 
-    cfg = pipeline_config(args.work.absolute(), args.seed, args.speakers, args.utts, args.overrides)
+    cfg = pipeline_config(args.work.absolute(), args.seed, args.speakers, args.utts, args.overrides,
+                          {n: getattr(args, f"stage{n}") for n in (1, 2, 3)})
     lay = layout(cfg)
     t0 = time.perf_counter()
     ran = run_pipeline(cfg)
