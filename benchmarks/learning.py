@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in (1, 2, 3):
         p.add_argument(f"--stage{n}", action="append", default=[], metavar="KEY=VALUE",
                        help=f"override of Stage {n}'s config, after the recipe's (repeatable)")
+    p.add_argument("--band-plot", type=Path, default=None, metavar="PNG",
+                   help="copy the report's Stage-2 band plot (speaker_band.png) here, e.g. docs/band_stage2.png")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the pipeline config")
     args = p.parse_args(argv)
 
@@ -169,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     kv["baseline_speaker"] = base["speaker"].accuracy
     ec = report.get("emotion_control") or {}
     kv["code_judge"] = (ec.get("emotion_judge") or {}).get("accuracy")
-    print(f"\n{'stage':<8}{'emo<-emo':>10}{'spk<-emo':>10}{'spk<-lat':>10}{'stop':>8}{'len':>7}"
-          f"{'ctl lab':>9}{'ctl ref':>9}   (%, chance in brackets)")
+    print(f"\n{'stage':<8}{'emo<-emo':>10}{'spk<-emo':>10}{'spk<-lat':>10}{'stop':>8}{'len':>7}{'stop_p':>8}"
+          f"{'len_p':>7}{'ctl lab':>9}{'ctl ref':>9}   (%; stop/len greedy, stop_p/len_p top-p sampling)")
     for st in report["stages"]:
         name = st["name"]
         probes = st["probes"]
@@ -181,12 +184,16 @@ def main(argv: list[str] | None = None) -> int:
         greedy = st["sampling"].get("greedy") or {}
         kv[f"{name}_stop_rate"] = greedy.get("stop_rate")
         kv[f"{name}_length_ratio_median"] = greedy.get("length_ratio_median")
+        top_p = st["sampling"].get("top_p") or {}  # the decoding IndexTTS2's inference uses (seeded)
+        kv[f"{name}_topp_stop_rate"] = top_p.get("stop_rate")
+        kv[f"{name}_topp_length_ratio_median"] = top_p.get("length_ratio_median")
         modes = ((st.get("emotion_control") or {}).get("modes")) or {}
         for mode in ("label", "reference"):
             m = modes.get(mode)
             kv[f"{name}_control_{mode}"] = m["emotion"]["accuracy"] if m else None
         print(f"{name:<8}" + "".join(f"{_pct(kv[f'{name}_{k}']):>10}" for k in PROBE_KEYS)
               + f"{_pct(kv[f'{name}_stop_rate']):>8}{_num(kv[f'{name}_length_ratio_median']):>7}"
+              + f"{_pct(kv[f'{name}_topp_stop_rate']):>8}{_num(kv[f'{name}_topp_length_ratio_median']):>7}"
               + f"{_pct(kv[f'{name}_control_label']):>9}{_pct(kv[f'{name}_control_reference']):>9}")
     print(f"{'log-mel':<8}{_pct(kv['baseline_emotion']):>10}{'':>10}{_pct(kv['baseline_speaker']):>10}"
           "   (baseline: the same probes on 66 log-mel statistics of the same clips)")
@@ -195,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{_pct(chance['speaker_from_emovec']['chance'])}; test clips per probe "
           f"{chance['emotion_from_emovec']['n_test']}; code judge on held-out real codes {_pct(kv['code_judge'])}")
     kv.update(band)
+    if args.band_plot is not None and (lay.report / "speaker_band.png").is_file():
+        args.band_plot.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(lay.report / "speaker_band.png", args.band_plot)
     if band:
         print(f"Stage-2 band [{band_cfg[0]:.2f}, {band_cfg[1]:.2f}] after the first 20 %: controller reading "
               f"{_pct(band.get('band_in'))} % of {band['band_steps']} logged steps, raw per-step "
