@@ -1,6 +1,6 @@
 """Does a run learn what each stage is for? The whole recipe on a corpus the tests never see, then the numbers.
 
-    python benchmarks/learning.py --work /tmp/learning            # ~16 min on 2 cores (rerun = resume/skip)
+    python benchmarks/learning.py --work /tmp/learning            # 15-50 min on 2 cores, by load (rerun = resume/skip)
     python benchmarks/learning.py --work /tmp/learning --stage2 train.epochs=20 pipeline.eval.n_prompts=16
 
 Synthesises a corpus with its own seed (`--seed 7`; the tests use seed 0) of `--speakers` voices x `--utts`
@@ -18,6 +18,8 @@ runs' own logs, except the baseline, which it computes here:
   66 plain statistics of each probed clip's audio: the mean and standard deviation of each of 32 log-mel bands
   (`builtin.log_mel`), the voiced share (frames within 30 dB of the clip's loudest) and seconds per character.
   A conditioner that scores below it loses information trivial features carry.
+* **stop / length**: greedy and top-p sampling (`{stage}_stop_rate`, `{stage}_topp_stop_rate`, ...): greedy
+  decoding of a small model collapses into repeated codes, top-p is the decoding IndexTTS2's inference uses.
 * **band**: share of Stage-2 logged steps (after the first 20 %) whose controller reading (`band_acc`, the
   speaker accuracy the band controller acts on) lies in [low, high], and the same for the raw per-step accuracy.
 
