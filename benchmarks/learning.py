@@ -1,18 +1,25 @@
 """Does a run learn what each stage is for? The whole recipe on a corpus the tests never see, then the numbers.
 
-    python benchmarks/learning.py --work /tmp/learning            # ~20 min on 2 cores (rerun = resume/skip)
-    python benchmarks/learning.py --work /tmp/learning pipeline.stage2.overrides='[train.epochs=2]'
+    python benchmarks/learning.py --work /tmp/learning            # 15-50 min on 2 cores, by load (rerun = resume/skip)
+    python benchmarks/learning.py --work /tmp/learning --stage2 train.epochs=20 pipeline.eval.n_prompts=16
 
 Synthesises a corpus with its own seed (`--seed 7`; the tests use seed 0) of `--speakers` voices x `--utts`
 utterances, 7 emotions, ko + en, and runs the demo pipeline on it (`configs/pipeline/demo.yaml` with the demo
 stage configs: synth -> prepare -> speakers -> Stage 1 -> 2 -> 3 -> export -> eval with emotion control) on local
-Ray with the tiny model. Everything it prints comes from the pipeline's own evaluation (`report.json`) or the
+Ray with the tiny model. On top of the demo recipe (`RECIPE`): 256 builtin codes with the prosody channels weighted
+30x in the k-means distance (codes that keep pitch and loudness levels; the tiny model's code vocabulary grown to
+match: `number_mel_codes` 258 with start/stop 256/257), code judges whose embedding starts from the codebook's
+code vectors (`pipeline.eval.emotion_control.judge_code_vectors`, 40 epochs), Stage 2 for 16 epochs. `--stageN
+KEY=VALUE` appends overrides to stage N's config (after the recipe's); plain `KEY=VALUE` arguments override the
+pipeline config. Everything it prints comes from the pipeline's own evaluation (`report.json`) or the
 runs' own logs, except the baseline, which it computes here:
 
 * **log-mel baseline**: the same probe (`probes.linear_probe`, same seed, same clips, hence the same split) on
   66 plain statistics of each probed clip's audio: the mean and standard deviation of each of 32 log-mel bands
   (`builtin.log_mel`), the voiced share (frames within 30 dB of the clip's loudest) and seconds per character.
   A conditioner that scores below it loses information trivial features carry.
+* **stop / length**: greedy and top-p sampling (`{stage}_stop_rate`, `{stage}_topp_stop_rate`, ...): greedy
+  decoding of a small model collapses into repeated codes, top-p is the decoding IndexTTS2's inference uses.
 * **band**: share of Stage-2 logged steps (after the first 20 %) whose controller reading (`band_acc`, the
   speaker accuracy the band controller acts on) lies in [low, high], and the same for the raw per-step accuracy.
 
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,18 +42,31 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 PROBE_KEYS = ("emotion_from_emovec", "speaker_from_emovec", "speaker_from_latents")
+CODES = 256  # builtin k-means codes; the tiny model's code vocabulary = CODES + start + stop
+MODEL = [f"model.number_mel_codes={CODES + 2}", f"model.start_mel_token={CODES}", f"model.stop_mel_token={CODES + 1}"]
+# the recipe on top of the demo configs (module doc): pipeline overrides, and each stage's own overrides
+RECIPE = [*MODEL, f"data.features.codebook_size={CODES}", "data.features.prosody_weight=30",
+          "pipeline.eval.emotion_control.judge_code_vectors=true", "pipeline.eval.emotion_control.epochs=40"]
+STAGE_RECIPE = {1: [], 2: ["train.epochs=16"], 3: []}
 
 
-def pipeline_config(work: Path, seed: int, speakers: int, utts: int, overrides: list[str]):
+def pipeline_config(work: Path, seed: int, speakers: int, utts: int, overrides: list[str],
+                    stage_overrides: dict[int, list[str]] | None = None):
     from indextts_ray.config import CONFIGS_DIR, load_config
 
-    stages = [f"pipeline.stage{n}.config={CONFIGS_DIR / 'demo' / f'stage{n}.yaml'}" for n in (1, 2, 3)]
+    stage_overrides = stage_overrides or {}
+    stages = []
+    for n in (1, 2, 3):
+        stages.append(f"pipeline.stage{n}.config={CONFIGS_DIR / 'demo' / f'stage{n}.yaml'}")
+        # a JSON list is a YAML flow list whose items may hold `=`, `,` and spaces
+        stages.append(f"pipeline.stage{n}.overrides="
+                      + json.dumps([*MODEL, *STAGE_RECIPE[n], *stage_overrides.get(n, [])]))
     return load_config(CONFIGS_DIR / "pipeline" / "demo.yaml", [
         f"pipeline.work_dir={work}", *stages,
         f"pipeline.synth.seed={seed}", f"pipeline.synth.speakers={speakers}",
         f"pipeline.synth.utts_per_speaker={utts}", "pipeline.speakers.min_samples=5",
         "pipeline.eval.emotion_control.speakers=4", "pipeline.eval.emotion_control.texts=4",
-        "pipeline.eval.n_prompts=32",
+        "pipeline.eval.n_prompts=32", *RECIPE,
         *overrides])
 
 
@@ -117,13 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7, help="corpus seed (the tests use 0)")
     p.add_argument("--speakers", type=int, default=20)
     p.add_argument("--utts", type=int, default=24)
+    for n in (1, 2, 3):
+        p.add_argument(f"--stage{n}", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"override of Stage {n}'s config, after the recipe's (repeatable)")
+    p.add_argument("--band-plot", type=Path, default=None, metavar="PNG",
+                   help="copy the report's Stage-2 band plot (speaker_band.png) here, e.g. docs/band_stage2.png")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the pipeline config")
     args = p.parse_args(argv)
 
     from indextts_ray.pipeline.runner import run_pipeline
     from indextts_ray.pipeline.steps import layout
 
-    cfg = pipeline_config(args.work.absolute(), args.seed, args.speakers, args.utts, args.overrides)
+    cfg = pipeline_config(args.work.absolute(), args.seed, args.speakers, args.utts, args.overrides,
+                          {n: getattr(args, f"stage{n}") for n in (1, 2, 3)})
     lay = layout(cfg)
     t0 = time.perf_counter()
     ran = run_pipeline(cfg)
@@ -147,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     kv["baseline_speaker"] = base["speaker"].accuracy
     ec = report.get("emotion_control") or {}
     kv["code_judge"] = (ec.get("emotion_judge") or {}).get("accuracy")
-    print(f"\n{'stage':<8}{'emo<-emo':>10}{'spk<-emo':>10}{'spk<-lat':>10}{'stop':>8}{'len':>7}"
-          f"{'ctl lab':>9}{'ctl ref':>9}   (%, chance in brackets)")
+    print(f"\n{'stage':<8}{'emo<-emo':>10}{'spk<-emo':>10}{'spk<-lat':>10}{'stop':>8}{'len':>7}{'stop_p':>8}"
+          f"{'len_p':>7}{'ctl lab':>9}{'ctl ref':>9}   (%; stop/len greedy, stop_p/len_p top-p sampling)")
     for st in report["stages"]:
         name = st["name"]
         probes = st["probes"]
@@ -159,12 +186,16 @@ def main(argv: list[str] | None = None) -> int:
         greedy = st["sampling"].get("greedy") or {}
         kv[f"{name}_stop_rate"] = greedy.get("stop_rate")
         kv[f"{name}_length_ratio_median"] = greedy.get("length_ratio_median")
+        top_p = st["sampling"].get("top_p") or {}  # the decoding IndexTTS2's inference uses (seeded)
+        kv[f"{name}_topp_stop_rate"] = top_p.get("stop_rate")
+        kv[f"{name}_topp_length_ratio_median"] = top_p.get("length_ratio_median")
         modes = ((st.get("emotion_control") or {}).get("modes")) or {}
         for mode in ("label", "reference"):
             m = modes.get(mode)
             kv[f"{name}_control_{mode}"] = m["emotion"]["accuracy"] if m else None
         print(f"{name:<8}" + "".join(f"{_pct(kv[f'{name}_{k}']):>10}" for k in PROBE_KEYS)
               + f"{_pct(kv[f'{name}_stop_rate']):>8}{_num(kv[f'{name}_length_ratio_median']):>7}"
+              + f"{_pct(kv[f'{name}_topp_stop_rate']):>8}{_num(kv[f'{name}_topp_length_ratio_median']):>7}"
               + f"{_pct(kv[f'{name}_control_label']):>9}{_pct(kv[f'{name}_control_reference']):>9}")
     print(f"{'log-mel':<8}{_pct(kv['baseline_emotion']):>10}{'':>10}{_pct(kv['baseline_speaker']):>10}"
           "   (baseline: the same probes on 66 log-mel statistics of the same clips)")
@@ -173,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{_pct(chance['speaker_from_emovec']['chance'])}; test clips per probe "
           f"{chance['emotion_from_emovec']['n_test']}; code judge on held-out real codes {_pct(kv['code_judge'])}")
     kv.update(band)
+    if args.band_plot is not None and (lay.report / "speaker_band.png").is_file():
+        args.band_plot.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(lay.report / "speaker_band.png", args.band_plot)
     if band:
         print(f"Stage-2 band [{band_cfg[0]:.2f}, {band_cfg[1]:.2f}] after the first 20 %: controller reading "
               f"{_pct(band.get('band_in'))} % of {band['band_steps']} logged steps, raw per-step "

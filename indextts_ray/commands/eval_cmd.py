@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(a small val set cannot train a 7-class judge)")
     g.add_argument("--emotion-sampling", choices=["greedy", "top_p"], default="greedy",
                    help="decoding (top_p: temperature 0.8, top-k 30, top-p 0.8, seeded by --seed)")
+    g.add_argument("--emotion-judge-code-vectors", action="store_true",
+                   help="start the judges' code embeddings from the builtin codebook's code vectors (data prepared "
+                        "with builtin features), with one hidden layer")
     g.add_argument("--no-emotion-reference", dest="emotion_reference", action="store_false",
                    help="skip the zero-shot transfer from another speaker's reference clip")
 
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
             control = EmotionControlOptions(
                 speakers=args.emotion_speakers, texts=args.emotion_texts, alpha=args.emotion_alpha,
                 max_codes=args.emotion_max_codes, splits=tuple(s.strip() for s in args.emotion_splits.split(",")),
-                reference=args.emotion_reference, sampling=args.emotion_sampling)
+                reference=args.emotion_reference, sampling=args.emotion_sampling,
+                judge_code_vectors=args.emotion_judge_code_vectors)
         except ValueError as e:
             raise UserError(f"--emotion-*: {e}") from None
     options = EvalOptions(max_items=args.max_items, seed=args.seed, batch_size=args.batch_size,

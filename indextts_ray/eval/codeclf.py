@@ -6,7 +6,14 @@ the codes themselves, without a vocoder or an audio emotion model. A `CodeClassi
     codes (B, T) -> embedding (B, T, E) -> 2 x [Conv1d k=5, GELU] (B, T, H) -> masked mean ‖ max (B, 2H) -> linear
 
 The convolutions see runs of codes (how long a sound lasts: speaking rate), the embedding which codes occur
-(spectral shape, loudness). It is trained with a fixed seed on a stratified split of *real* codes and carries
+(spectral shape, loudness).
+
+With `code_vectors` (the builtin extractor's codebook: each code's centroid in feature space,
+`builtin.code_vectors`) the embedding starts from what each code *is* (its log-mel bands, log-F0, voicing and
+energy, standardised per channel over the codebook) instead of a random vector, so codes of similar pitch or
+loudness start close and a judge trained on a few hundred rows need not discover that from co-occurrence; the
+embedding stays trainable. `head_layers` adds hidden layers (Linear 2H -> H, GELU, dropout) before the output.
+Both are off by default. It is trained with a fixed seed on a stratified split of *real* codes and carries
 its own held-out accuracy (`heldout`): a judge that cannot tell the classes apart on real codes says nothing
 about generated ones. Training runs under `torch.random.fork_rng`, so it neither depends on nor changes the
 caller's global RNG state.
@@ -33,13 +40,24 @@ from indextts_ray.eval.probes import (
 class CodeClassifier(nn.Module):
     """(B, T) code ids (padding = `vocab`) + (B, T) mask -> (B, n_classes) logits (module doc)."""
 
-    def __init__(self, vocab: int, n_classes: int, embed_dim: int = 32, hidden: int = 64, dropout: float = 0.1):
+    def __init__(self, vocab: int, n_classes: int, embed_dim: int = 32, hidden: int = 64, dropout: float = 0.1,
+                 code_vectors: torch.Tensor | None = None, head_layers: int = 0):
         super().__init__()
         self.vocab = vocab
+        if code_vectors is not None:
+            embed_dim = int(code_vectors.shape[1])
         self.embedding = nn.Embedding(vocab + 1, embed_dim, padding_idx=vocab)
+        if code_vectors is not None:
+            with torch.no_grad():
+                self.embedding.weight[: len(code_vectors)] = standardised_code_vectors(code_vectors, vocab)
         self.conv1 = nn.Conv1d(embed_dim, hidden, 5, padding=2)
         self.conv2 = nn.Conv1d(hidden, hidden, 5, padding=2)
-        self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden, n_classes))
+        head: list[nn.Module] = []
+        width = 2 * hidden
+        for _ in range(head_layers):
+            head += [nn.Dropout(dropout), nn.Linear(width, hidden), nn.GELU()]
+            width = hidden
+        self.out = nn.Sequential(*head, nn.Dropout(dropout), nn.Linear(width, n_classes))
 
     def forward(self, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = mask.unsqueeze(1)  # (B, 1, T)
@@ -52,6 +70,18 @@ class CodeClassifier(nn.Module):
         peak = h.masked_fill(~m, float("-inf")).amax(1)
         peak = torch.where(mask.any(1, keepdim=True), peak, torch.zeros_like(peak))  # an empty sequence: zeros
         return self.out(torch.cat((mean, peak), dim=-1))
+
+
+def standardised_code_vectors(code_vectors: torch.Tensor, vocab: int) -> torch.Tensor:
+    """(K, D) codebook vectors, K <= vocab (the model's extra ids, e.g. start/stop, keep a random embedding) ->
+    float32 (K, D) with each channel at mean 0, std 1 over the codebook (a constant channel becomes 0)."""
+    v = torch.as_tensor(code_vectors, dtype=torch.float32)
+    if v.ndim != 2 or not 1 <= len(v) <= vocab:
+        raise ValueError(f"code_vectors must be (K, D) with 1 <= K <= vocab {vocab}, got {tuple(v.shape)}")
+    if not torch.isfinite(v).all():
+        raise ValueError("code_vectors contain NaN or inf")
+    std = v.std(0, unbiased=False)
+    return (v - v.mean(0)) / torch.where(std > 1e-8, std, torch.ones_like(std))
 
 
 def pad_codes(seqs: Sequence[Sequence[int]], pad_id: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,6 +134,8 @@ def train_code_classifier(
     lr: float = 3e-3,
     max_len: int = 500,
     device: torch.device | str = "cpu",
+    code_vectors: torch.Tensor | None = None,
+    head_layers: int = 0,
 ) -> TrainedCodeClassifier | None:
     """Fit a `CodeClassifier` on a seeded stratified split of (code sequence, label) pairs and score it on the rest.
 
@@ -115,6 +147,9 @@ def train_code_classifier(
         label_order: order of the result's labels (e.g. the model's emotion list); default sorted.
         epochs, batch_size, lr: AdamW (weight decay 0.01) over the training split.
         max_len: sequences are cut to their first `max_len` codes (bounds time and memory on long utterances).
+        code_vectors: (K, D) vectors of codes 0..K-1 (K <= vocab) that initialise the embedding (module doc);
+            None = a random embedding of `CodeClassifier`'s default width.
+        head_layers: hidden layers before the output layer (module doc).
     """
     split = stratified_split(y, seed, test_fraction, min_per_class)
     if split is None:
@@ -128,7 +163,7 @@ def train_code_classifier(
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CodeClassifier(vocab, len(labels)).to(device)
+        model = CodeClassifier(vocab, len(labels), code_vectors=code_vectors, head_layers=head_layers).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
         g = torch.Generator().manual_seed(seed)
         model.train()

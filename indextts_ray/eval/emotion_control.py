@@ -63,7 +63,9 @@ class EmotionControlOptions:
     generation (codes; multiple of the text's real code count); splits = the prepared splits whose real rows
     train the judges and give the clips; max_rows caps those rows (seeded sample); reference adds the
     zero-shot transfer mode; sampling a setting of `sanity.DEFAULT_SETTINGS` (greedy or top_p, seeded);
-    epochs of judge training; batch_size items per generation batch."""
+    epochs of judge training; judge_code_vectors starts both judges' code embeddings from the builtin codebook's
+    code vectors (`<data_dir>/features/builtin_codebook.npz`, data prepared with builtin features) and gives
+    them one hidden layer (`codeclf` module doc); batch_size items per generation batch."""
 
     speakers: int = 4
     texts: int = 4
@@ -75,6 +77,7 @@ class EmotionControlOptions:
     reference: bool = True
     sampling: str = "greedy"
     epochs: int = 30
+    judge_code_vectors: bool = False
     batch_size: int = 64
 
     def __post_init__(self) -> None:
@@ -154,6 +157,21 @@ class EmotionControlSetup:
         }  # fmt: skip
 
 
+def judge_code_vectors(data_dir: str | Path, vocab: int) -> torch.Tensor:
+    """The builtin codebook's code vectors of prepared data (`builtin.code_vectors`), checked against the model's
+    code vocabulary."""
+    from indextts_ray.data.features.builtin import CODEBOOK_FILE, code_vectors
+
+    path = storage.join(data_dir, "features", CODEBOOK_FILE)
+    if not storage.is_file(path):
+        raise DataError(f"{path}: no builtin codebook; judge_code_vectors needs data prepared with "
+                        "data.features.kind=builtin (turn it off for other features)")
+    vectors = code_vectors(storage.cached_copy(path))
+    if len(vectors) > vocab:
+        raise DataError(f"{path}: {len(vectors)} codes > the model's number_mel_codes {vocab}")
+    return vectors
+
+
 def build_setup(data_dir: str | Path, labels: list[str], vocab: int, options: EmotionControlOptions,
                 seed: int = 0, test_fraction: float = 0.3, min_per_class: int = 3,
                 device: torch.device | str = "cpu") -> EmotionControlSetup:
@@ -176,6 +194,8 @@ def build_setup(data_dir: str | Path, labels: list[str], vocab: int, options: Em
     known = np.flatnonzero((emo_ids >= 0) & (emo_ids < len(labels)))
     judge_kw = {"vocab": vocab, "seed": seed, "test_fraction": test_fraction, "min_per_class": min_per_class,
                 "epochs": options.epochs, "device": device}
+    if options.judge_code_vectors:
+        judge_kw |= {"code_vectors": judge_code_vectors(data_dir, vocab), "head_layers": 1}
     emotion_judge = train_code_classifier([codes[i] for i in known], [labels[emo_ids[i]] for i in known],
                                           label_order=labels, **judge_kw)
     where = f"{data_dir} ({'+'.join(options.splits)})"

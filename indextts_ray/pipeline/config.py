@@ -64,6 +64,8 @@ class EmotionControlStep(StrictModel):
                                                   description="real rows that train the code-space judges")
     reference: bool = True
     epochs: int = Field(30, ge=1, description="judge training epochs")
+    judge_code_vectors: bool = Field(False, description="start the judges' code embeddings from the builtin "
+                                     "codebook's code vectors, with one hidden layer (builtin features only)")
 
 
 class EvalStep(StrictModel):

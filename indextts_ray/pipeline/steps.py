@@ -266,7 +266,8 @@ def run_eval(cfg: Config) -> dict:
     lay = layout(cfg)
     ec = cfg.pipeline.eval.emotion_control
     control = EmotionControlOptions(speakers=ec.speakers, texts=ec.texts, alpha=ec.alpha, max_codes=ec.max_codes,
-                                    splits=tuple(ec.splits), reference=ec.reference, epochs=ec.epochs)
+                                    splits=tuple(ec.splits), reference=ec.reference, epochs=ec.epochs,
+                                    judge_code_vectors=ec.judge_code_vectors)
     # exports are read from local copies on a store; the report is written here and uploaded whole
     exports = {f"stage{n}": storage.cached_copy(lay.final(n)) for n in (1, 2, 3)}
     with storage.staged_dir(lay.report, last=("report.html",)) as report:

@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from indextts_ray.data.audio import resample
 from indextts_ray.data.config import FeaturesConfig
 from indextts_ray.data.features.base import FRAME_RATE, Extractor, build_extractor
-from indextts_ray.data.features.builtin import codebook_path, fit_codebook, log_mel
+from indextts_ray.data.features.builtin import code_vectors, codebook_path, fit_codebook, log_mel
 from indextts_ray.errors import DataError
 from tests.data.tiny_corpus import make_good_corpus
 
@@ -120,3 +121,20 @@ def test_prosody_codebook_is_checked_and_weighted(wavs, tmp_path):
         build_extractor(CFG, tmp_path)
     with pytest.raises(DataError, match="prosody_weight 1"):
         build_extractor(PROSODY.model_copy(update={"prosody_weight": 1.0}), tmp_path)
+
+
+def test_code_vectors_are_the_centroids_as_feature_frames(wavs, tmp_path):
+    """`code_vectors`: each code's centroid with the prosody weight divided out, i.e. a normalised feature frame
+    whose nearest code is (mostly) itself."""
+    fit_codebook(PROSODY, iter(wavs), tmp_path)
+    ex = build_extractor(PROSODY, tmp_path)
+    vectors = code_vectors(tmp_path)
+    assert vectors.dtype == torch.float32 and tuple(vectors.shape) == (64, 32)
+    assert torch.equal(vectors, code_vectors(codebook_path(tmp_path)))  # the folder or the file
+    assert np.allclose(vectors.numpy()[:, -3:] * 3.0, ex.centroids[:, -3:], atol=1e-5)  # prosody weight 3 out
+    assert np.allclose(vectors.numpy()[:, :-3], ex.centroids[:, :-3])  # weight 1 on the mel bands
+    assert np.mean(ex.assign(vectors.numpy()) == np.arange(64)) > 0.9
+    feats = ex.features(wavs[0])  # the vectors live where features do: per-channel spread of the same order
+    assert 0.2 < float(vectors.numpy().std(0).mean() / feats.std(0).mean()) < 5
+    with pytest.raises(DataError, match="no builtin codebook"):
+        code_vectors(tmp_path / "elsewhere")

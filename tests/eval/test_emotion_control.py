@@ -221,3 +221,37 @@ def test_trained_label_and_reference_control_is_recognised_and_the_broken_table_
     # 3 x 3 = 9 items per emotion tell 85 % from 1/7: judged, and the broken table fails
     checks = {c["text"].split(",")[0]: c["ok"] for c in summary["checks"]}
     assert checks["broken: emotion control by emotion label (table)"] is False
+
+
+def test_judges_start_from_the_builtin_code_vectors(tmp_path):
+    """`judge_code_vectors`: the judges' embeddings start from the prepared data's builtin codebook (vectors that say
+    what `write_emotion_dataset`'s codes stand for: 40 + emotion, 48 + speaker) and get a hidden layer; they train
+    to the same verdicts as the plain judges on these easy codes."""
+    from indextts_ray.data.features.builtin import CODEBOOK_FILE
+    from indextts_ray.errors import DataError
+
+    data = write_emotion_dataset(tmp_path / "prepared")
+    cfg = tiny_cfg()
+    options = dataclasses.replace(CONTROL, judge_code_vectors=True, reference=False)
+    with pytest.raises(DataError, match="no builtin codebook"):
+        build_setup(data, list(cfg.emotion_labels), cfg.number_mel_codes, options)
+    rng = np.random.default_rng(0)
+    centroids = 0.1 * rng.normal(size=(64, 10))  # codes 0-39: text pieces, no emotion or speaker
+    centroids[40:47, :7] += np.eye(7)  # 40 + emotion
+    centroids[48:51, 7:] += np.eye(3)  # 48 + speaker
+    (data / "features").mkdir()
+
+    def write_codebook(c):
+        np.savez(data / "features" / CODEBOOK_FILE, mean=np.zeros(10), std=np.ones(10), centroids=c,
+                 weights=np.ones(10), prosody=np.bool_(False), frames=np.int64(1000), kmeans_seed=np.int64(0))
+
+    write_codebook(np.zeros((70, 10)))
+    with pytest.raises(DataError, match="70 codes > the model's number_mel_codes 66"):
+        build_setup(data, list(cfg.emotion_labels), cfg.number_mel_codes, options)
+    write_codebook(centroids)
+    setup = build_setup(data, list(cfg.emotion_labels), cfg.number_mel_codes, options)
+    for judge in (setup.emotion_judge, setup.speaker_judge):
+        assert tuple(judge.model.embedding.weight.shape) == (67, 10)  # the codebook's width (+ padding row)
+        assert sum(isinstance(m, torch.nn.Linear) for m in judge.model.out) == 2  # one hidden layer
+    assert setup.emotion_judge.heldout.accuracy >= 0.95 and setup.emotion_judge.heldout.n_test == 38
+    assert setup.speaker_judge.heldout.accuracy >= 0.95

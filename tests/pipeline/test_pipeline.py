@@ -188,3 +188,24 @@ def test_reruns_train_fresh_runs_on_the_new_weights(work):
     metrics = read_metrics(work / "runs" / "stage3")
     assert sorted(metrics)[-1] == 2 and all(m["time"] > t1 for m in metrics.values())
     assert _differ(before, _weights(work / "runs" / "stage3" / "final"))
+
+
+def test_eval_options_reach_the_emotion_judges(tmp_path, monkeypatch):
+    """`pipeline.eval.emotion_control.*` (judge_code_vectors included) travel into the eval's options."""
+    import indextts_ray.eval.evaluate as evaluate
+    from indextts_ray.pipeline.steps import run_eval
+
+    seen = {}
+
+    def fake_report(exports, data_dir, out, options):
+        seen.update(exports=exports, data_dir=data_dir, options=options)
+        return {"flat": {}}
+
+    monkeypatch.setattr(evaluate, "evaluate_and_report", fake_report)
+    for flag in (False, True):
+        cfg = pipeline_cfg(tmp_path, f"pipeline.eval.emotion_control.judge_code_vectors={str(flag).lower()}",
+                           "pipeline.eval.emotion_control.epochs=40")
+        run_eval(cfg)
+        control = seen["options"].emotion_control
+        assert (control.judge_code_vectors, control.epochs, control.splits) == (flag, 40, ("train", "val"))
+    assert load_config(REPO / "configs/pipeline/demo.yaml").pipeline.eval.emotion_control.judge_code_vectors is False

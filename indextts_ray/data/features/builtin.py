@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 import torchaudio.functional as AF
 
 from indextts_ray.data.config import FeaturesConfig
@@ -166,6 +167,23 @@ def fit_codebook(cfg: FeaturesConfig, wavs: Iterable[np.ndarray], work_dir: Path
                      kmeans_seed=np.int64(cfg.kmeans_seed), prosody=np.bool_(cfg.prosody), weights=weights)
 
     return atomic_write(path, write)
+
+
+def code_vectors(path: str | Path) -> torch.Tensor:
+    """(codebook_size, n_mels) float32: each code's k-means centroid as a normalised feature frame (the prosody
+    weights of the distance divided out), read from a fitted `builtin_codebook.npz` (a file, or the folder that
+    holds it: `<prepared>/features`). What a code stands for, e.g. to initialise a code embedding
+    (`eval.codeclf`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = codebook_path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no builtin codebook (code vectors exist only for data prepared with "
+                        "data.features.kind=builtin)")
+    with np.load(path) as z:
+        centroids = z["centroids"].astype(np.float64)
+        weights = z["weights"].astype(np.float64) if "weights" in z else np.ones(centroids.shape[1])
+    return torch.from_numpy((centroids / weights).astype(np.float32))
 
 
 def normalise(frames: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
