@@ -6,6 +6,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+
+def load_benchmark(name: str):
+    """A script of `benchmarks/` imported as a module (its functions tested, its main not run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 # Ray/wandb must never reach the network or a user's account from tests.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

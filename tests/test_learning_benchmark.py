@@ -1,23 +1,17 @@
 """benchmarks/learning.py's recipe: 256 builtin codes with a matching tiny code vocabulary in the pipeline and in
 every stage, the judges' code vectors, and `--stageN` overrides appended after the recipe's."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from indextts_ray.errors import ConfigError
 from indextts_ray.pipeline.steps import stage_config
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def learning():
-    spec = importlib.util.spec_from_file_location("learning_benchmark", REPO / "benchmarks" / "learning.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("learning")
 
 
 def test_recipe_reaches_the_pipeline_and_every_stage(learning, tmp_path):

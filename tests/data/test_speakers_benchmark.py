@@ -1,21 +1,16 @@
 """benchmarks/data_scale.py stays runnable: its long-tailed speaker counts are exact and a tiny run passes."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("data_scale", REPO / "benchmarks" / "data_scale.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("data_scale")
 
 
 def test_speaker_counts_are_exact_at_reference_scale(bench):
